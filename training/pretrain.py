@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from training.pretrain_model import PretrainBlip, make_config, pretrain_losses
+from adapters.backbone import Backbone
+from training.pretrain_model import make_config, pretrain_losses
 from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer
 from training.world import PROMPT, load_texts
 
@@ -99,6 +100,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ckpt-dir", default=None, help="checkpoint directory; default <out>.ckpt")
     p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/last.pt if it exists")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on only the first N test images (tests)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation at the end")
     return p.parse_args(argv)
 
@@ -117,7 +119,8 @@ def main(argv: list[str]) -> dict:
     prompt_len = len(tokenizer(PROMPT).input_ids) - 1  # [CLS] + prompt words, without [SEP]
     config = make_config(blip_text_config_ids(tokenizer), args.hidden, args.layers, args.heads, image_size,
                          args.patch, args.max_positions)
-    model = PretrainBlip(config)
+    model = Backbone.from_config(config, processor)  # each part with transformers' own init
+    model.requires_grad_(True)  # a Backbone is built frozen, for serving
     log_temp = torch.nn.Parameter(torch.tensor(math.log(0.07)))  # BLIP's init; not part of the backbone
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2] + [log_temp]
@@ -169,7 +172,8 @@ def main(argv: list[str]) -> dict:
         dt = time.perf_counter() - t0
         elapsed += dt
         for k, v in losses.items():
-            ema[k] = 0.98 * ema.get(k, float(v)) + 0.02 * float(v)
+            v = float(v.detach())
+            ema[k] = 0.98 * ema.get(k, v) + 0.02 * v
         if step % 50 == 0 or step == args.steps:
             history.append({"step": step, "elapsed_s": round(elapsed, 1), **{k: round(v, 4) for k, v in ema.items()}})
         bar.set_postfix(itc=f"{ema['itc']:.3f}", itm=f"{ema['itm']:.3f}", lm=f"{ema['lm']:.3f}",
@@ -180,13 +184,12 @@ def main(argv: list[str]) -> dict:
     bar.close()
 
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)  # config.json + model.safetensors (fp32)
-    processor.save_pretrained(out)
+    model.save_pretrained(out)  # config.json, model.safetensors (fp32), processor files
     record = {"args": vars(args), "train_seconds": round(elapsed, 1), "parameters": n_params,
               "final_temp": float(log_temp.exp()), "history": history[-1:] if history else []}
     if not args.no_eval:
         from training.pretrain_eval import evaluate  # noqa: PLC0415  (only needed here)
-        record["test"] = evaluate(out, world, "test")
+        record["test"] = evaluate(out, world, "test", limit=args.eval_limit)
         print(json.dumps(record["test"], indent=1))
     (out / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
     (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")

@@ -1,10 +1,7 @@
-"""The small BLIP that `training.pretrain` trains from scratch, and its three losses.
+"""Config of the small BLIP that `training.pretrain` trains from scratch, and its losses.
 
-Same modules and attribute names as transformers' BLIP task classes, so the saved
-state dict is the union of their layouts and each of them loads its part:
-`BlipForConditionalGeneration` (vision_model + text_decoder),
-`BlipForQuestionAnswering` (+ text_encoder), `BlipForImageTextRetrieval`
-(vision_model + text_encoder + vision_proj + text_proj + itm_head).
+The model is `adapters.backbone.Backbone` (every BLIP part under transformers'
+attribute names), so the saved state dict is the union of the task-class layouts.
 
 Losses follow BLIP's pretraining (salesforce/BLIP models/blip_pretrain.py), without
 its momentum encoder and queues (in-batch only):
@@ -28,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BlipConfig, BlipTextConfig, BlipVisionConfig
-from transformers.models.blip.modeling_blip import BlipPreTrainedModel, BlipVisionModel
-from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
+
+from adapters.backbone import Backbone
 
 
 def make_config(ids: dict[str, int], hidden: int, layers: int, heads: int, image_size: int, patch: int,
@@ -44,26 +41,6 @@ def make_config(ids: dict[str, int], hidden: int, layers: int, heads: int, image
                           max_position_embeddings=max_positions, **ids)
     return BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden,
                       image_text_hidden_size=hidden)
-
-
-class PretrainBlip(BlipPreTrainedModel):
-    """Every BLIP part at once; save_pretrained writes the backbone weights."""
-
-    _tied_weights_keys = {
-        "text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias",
-        "text_decoder.cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
-    }
-
-    def __init__(self, config: BlipConfig):
-        super().__init__(config)
-        h_v, h_t = config.vision_config.hidden_size, config.text_config.hidden_size
-        self.vision_model = BlipVisionModel(config.vision_config)
-        self.text_encoder = BlipTextModel(config.text_config, add_pooling_layer=False)
-        self.text_decoder = BlipTextLMHeadModel(config.text_config)
-        self.vision_proj = nn.Linear(h_v, config.image_text_hidden_size)
-        self.text_proj = nn.Linear(h_t, config.image_text_hidden_size)
-        self.itm_head = nn.Linear(h_t, 2)
-        self.post_init()
 
 
 def same_text(keys: list[str]) -> torch.Tensor:
@@ -85,7 +62,7 @@ def _sample_negatives(sim: torch.Tensor, positive: torch.Tensor, generator: torc
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
-def pretrain_losses(model: PretrainBlip, log_temp: torch.Tensor, batch: dict, generator: torch.Generator
+def pretrain_losses(model: Backbone, log_temp: torch.Tensor, batch: dict, generator: torch.Generator
                     ) -> dict[str, torch.Tensor]:
     """batch: pixel_values (B,3,H,W); text_ids/text_mask (B,T) caption alone;
     dec_ids/dec_mask (B,T') prompt + caption; prompt_len int; keys list[str] (caption)."""
