@@ -99,6 +99,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
     p.add_argument("--ckpt-dir", default=None, help="checkpoint directory; default <out>.ckpt")
     p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/last.pt if it exists")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="leave after this many steps of this run, checkpoint kept (simulates an interruption)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on only the first N test images (tests)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation at the end")
@@ -181,12 +183,16 @@ def main(argv: list[str]) -> dict:
         bar.update(1)
         if step % args.ckpt_every == 0 or step == args.steps:
             checkpoint()
+        if args.stop_after is not None and step >= args.stop_after:
+            checkpoint()
+            bar.close()
+            return {"stopped_at": step}
     bar.close()
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)  # config.json, model.safetensors (fp32), processor files
     record = {"args": vars(args), "train_seconds": round(elapsed, 1), "parameters": n_params,
-              "final_temp": float(log_temp.exp()), "history": history[-1:] if history else []}
+              "final_temp": float(log_temp.detach().exp()), "history": history[-1:] if history else []}
     if not args.no_eval:
         from training.pretrain_eval import evaluate  # noqa: PLC0415  (only needed here)
         record["test"] = evaluate(out, world, "test", limit=args.eval_limit)
