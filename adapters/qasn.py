@@ -1,0 +1,74 @@
+"""QASN, the query-augmentation side network (paper sec. 3.3.1), on the fusion encoder.
+
+For the text encoder run as the fusion network (text self-attention + cross-attention
+to image tokens), with blocks b_0 .. b_{N-1} and block inputs x_F^i:
+
+    h_{i+1}   = h_i + x_F^i w_i              x w_i = Λb_i ⊙ (B (Λa_i ⊙ (A x)))   (n, L, d)
+    x_F^{i+1} = b_i(x_F^i, x_V) + f(h_{i+1})   f(h)  = tanh(α_i ⊙ h + β_i)
+
+Choices the paper leaves open, made so the adapted model equals the frozen one at init:
+- h_0 = 0 (the side network starts empty and only collects what the blocks see).
+- σ = tanh: σ(0) = 0 exactly, so with Λb_i = 0 (init), h stays 0 and f(h) = tanh(0) = 0;
+  bounded, so the supplement never outgrows the LayerNorm-ed hidden states.
+- w_i reads the VCRA operator (A first, then Λa, B, Λb) with the adapter's shared pair of
+  the fusion modules ("enc"), without s; Λa_i (r) init 1, Λb_i (d) init 0.
+- α_i, β_i are per block, d-vectors (init 1 and 0), applied per token.
+- Only the fusion pass gets it: the unimodal text pass (ITC, no image tokens) skips it.
+- The caption decoder's cross-attention stack gets NO side network: the paper defines
+  QASN on the fusion branch only, and the decoder is already adapted by VCRA on its
+  self- and cross-attention ("decoder", "decoder_cross").
+
+Per-call state: h lives in a ContextVar for the span of one encoder forward (set by
+block 0, read and replaced by each block, cleared by the last), never on a module, so
+concurrent calls in other threads or tasks each carry their own h.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+import torch
+
+from adapters.vcra.layer import side_delta
+
+_SIDE_STATE: ContextVar = ContextVar("unitrans_qasn_h", default=None)
+
+
+def _gather(t: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+    return t[:1] if slots is None else t.index_select(0, slots)
+
+
+def _per_row(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    return t.reshape(t.shape[0], *([1] * (ndim - 2)), t.shape[-1])
+
+
+def side_network_step(routing, index: int, num_blocks: int, hidden_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Block `index` ran: hidden_in = x_F^i (n, L, d), out = b_i(x_F^i, x_V). Returns x_F^{i+1}."""
+    n = hidden_in.shape[0]
+    slots = routing.slots_for(n)
+    if index == 0:
+        h = None  # h_0 = 0
+    else:
+        state = _SIDE_STATE.get()
+        if state is None or state[0] is not routing or state[1] != index:
+            raise RuntimeError(f"QASN state missing at fusion block {index}: blocks must run in order in one call")
+        h = state[2]
+    for group in routing.pair_groups:
+        if group.qasn_pair is None:
+            continue
+        lam_a, lam_b = routing.bank.qasn[index][:2]
+        rows = routing.rows_for(group.requests, n)
+        sl = slots if rows is None or slots is None else slots.index_select(0, rows)
+        a, b = group.pairs[group.qasn_pair]
+        xs = hidden_in if rows is None else hidden_in.index_select(0, rows)
+        step = side_delta(xs, a, b, _gather(lam_a[:, : group.rank], sl), _gather(lam_b, sl))
+        if rows is not None:
+            step = torch.zeros_like(hidden_in).index_add(0, rows, step)
+        h = step if h is None else h + step
+    if h is None:
+        h = torch.zeros_like(hidden_in)
+    _SIDE_STATE.set((routing, index + 1, h) if index + 1 < num_blocks else None)
+    alpha, beta = routing.bank.qasn[index][2:]
+    gate = torch.tanh(_per_row(_gather(alpha, slots).to(h.dtype), h.dim()) * h
+                      + _per_row(_gather(beta, slots).to(h.dtype), h.dim()))
+    return out + gate.to(out.dtype)

@@ -1,0 +1,27 @@
+"""VeRA without cross-modal sharing: the paper's '+scaling vectors' ablation (Tables 8-9).
+
+Same vectors, s and QASN as VCRA, but one (A, B) pair per modality (vision, text,
+cross, decoder, decoder_cross) shared only across that modality's blocks, instead of
+one pair for vision + text + cross. It is `VcraAdapter` with `share="modality"`,
+stored and served as kind "vera"; adapters with equal (seed, rank) still share their
+pairs in a mixed batch (one pair group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from adapters.vcra.config import VcraConfig
+from adapters.vcra.model import VcraAdapter
+
+
+class VeraAdapter(VcraAdapter):
+    kind = "vera"
+
+    def __init__(self, config: VcraConfig, backbone):
+        if config.share != "modality":
+            config = replace(config, share="modality")
+        super().__init__(config, backbone)
+
+
+__all__ = ["VeraAdapter"]
