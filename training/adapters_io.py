@@ -1,0 +1,96 @@
+"""The training module's one doorway into the adapter library (adapters/).
+
+Everything training does with adapters goes through these few functions: create a
+live adapter with gradients, get the module and per-call routing to run the task
+functions through it, count what it trains, save it with its recipe, and load a
+saved file the way the server does (an `AdapterTable`) for evaluation.
+
+    adapter = new_adapter("vcra-qasn", bb, task="vqa", rank=8, seed=0)
+    model, route = live(bb, adapter)         # route: n rows -> routing of this live adapter
+    save(adapter, "vqa.safetensors", recipe={...})
+    model, route, n_params, info = load_for_eval(bb, "vqa.safetensors")
+
+Kinds of the CLI -> the library: vcra = VCRA without QASN; vcra-qasn = VCRA with
+QASN wherever the task runs the fusion encoder (vqa, retrieval; a caption forward
+never enters it, so there it equals vcra); vera = VeRA-style vectors with one pair
+per modality and no QASN (the paper's '+scaling vectors' row); lora; full.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+import adapters
+
+KINDS = ("vcra", "vcra-qasn", "lora", "vera", "full")
+ADAPTER_TASK = {"caption": "caption", "vqa": "vqa", "retrieval": "retrieve"}  # training name -> adapters' name
+
+
+def new_adapter(kind: str, bb, *, task: str, rank: int, seed: int, train_ab: bool = False) -> nn.Module:
+    if kind not in KINDS:
+        raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
+    t = ADAPTER_TASK[task]
+    if kind == "full":
+        return adapters.create_adapter("full", bb, task=t)
+    if kind == "lora":
+        return adapters.create_adapter("lora", bb, task=t, rank=rank, seed=seed)
+    qasn = None if kind == "vcra-qasn" else False  # None: on iff the task runs the fusion encoder
+    return adapters.create_adapter("vera" if kind == "vera" else "vcra", bb, task=t, rank=rank, seed=seed,
+                                   train_ab=train_ab, qasn=qasn)
+
+
+def live(bb, adapter: nn.Module):
+    """(module to run task functions on, route). For a full fine-tune the module is its
+    trainable copy and no routing is needed; otherwise the frozen backbone, with every
+    row of a call routed through the adapter's live parameters."""
+    if adapter.kind == "full":
+        return adapter.model, (lambda n: None)
+    return bb, (lambda n: adapter.routing())
+
+
+def trainable_count(adapter: nn.Module | None) -> int:
+    return 0 if adapter is None else int(adapter.trainable_count())
+
+
+def paper_count(adapter: nn.Module | None) -> int:
+    """The paper's Θ (sec. 3.2), which counts the shared A, B even when they stay frozen
+    at their seeded values; equals trainable_count for every other kind."""
+    if adapter is None:
+        return 0
+    n = trainable_count(adapter)
+    layout = getattr(adapter, "layout", None)
+    if layout is not None and not adapter.config.train_ab:
+        n += sum(adapter.config.rank * (d_in + d_out) for d_in, d_out in layout.pairs.values())
+    return n
+
+
+def check_optimizer_params(adapter: nn.Module, params: list) -> None:
+    """Assert the optimizer gets exactly the adapter's trainable tensors."""
+    if adapter.kind != "full":
+        assert sum(p.numel() for p in params) == trainable_count(adapter), \
+            f"optimizer holds {sum(p.numel() for p in params)} values, the adapter trains {trainable_count(adapter)}"
+
+
+def save(adapter: nn.Module, path, *, recipe: dict) -> Path:
+    """An adapter file; for kind=full a backbone directory at `path` (see adapters.full)."""
+    return adapters.save_adapter(adapter, path, recipe=recipe)
+
+
+def load_for_eval(bb, path: str) -> tuple[Any, Any, int, dict]:
+    """'none' -> the frozen backbone. A directory -> a fully fine-tuned backbone saved by
+    fit --kind full. A file -> loaded into an AdapterTable as the server does, every row
+    routed to it. Returns (model, route, trainable count, info)."""
+    if path == "none":
+        return bb, (lambda n: None), 0, {"kind": "frozen"}
+    if Path(path).is_dir():
+        from adapters.backbone import Backbone
+
+        full = Backbone.from_dirs(path)
+        return full, (lambda n: None), sum(p.numel() for p in full.parameters()), {"kind": "full"}
+    table = adapters.AdapterTable(bb, capacity=1)
+    meta = table.load("eval", path)
+    info = {"kind": meta.kind, "rank": meta.rank, "adapter_task": meta.task}
+    return bb, (lambda n: table.routing(["eval"] * n)), int(meta.trainable_params), info
