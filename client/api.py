@@ -1,0 +1,210 @@
+"""HTTP clients for a unitrans server, sync and async, with the same methods.
+
+    from client import Client, AsyncClient
+    with Client("http://127.0.0.1:8000", api_key=None) as c:
+        c.caption("cat.png")                        # {"caption": ..., "adapter": ...}
+        c.vqa("cat.png", "what colour is it?", candidates=["red", "blue"])
+        c.create_gallery("shapes"); c.add_items("shapes", [{"id": "a", "image": "a.png"}])
+        c.retrieve(text="a red circle", gallery="shapes", top_k=3)
+    async with AsyncClient(url) as c:
+        await c.caption(open("cat.png", "rb").read(), adapter="caption-shapes")
+
+Images are paths, bytes, or file-like objects; they are sent base64 in JSON (or as
+a multipart file with `multipart=True` for caption/vqa). Errors raise the typed
+exceptions of `client.errors`. This package imports nothing of the server's.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from client.errors import ConnectionFailed, UnitransError, from_response
+
+ImageLike = Any  # str | os.PathLike | bytes | a binary file object
+
+
+def image_bytes(image: ImageLike) -> bytes:
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        with open(image, "rb") as f:
+            return f.read()
+    if hasattr(image, "read"):
+        return image.read()
+    raise TypeError(f"an image is a path, bytes or a binary file object, not {type(image).__name__}")
+
+
+def b64(image: ImageLike) -> str:
+    return base64.b64encode(image_bytes(image)).decode()
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@dataclass
+class Call:
+    """One HTTP request, built the same way for both clients."""
+
+    method: str
+    path: str
+    json: Any = None
+    data: dict | None = None
+    files: dict | None = None
+    params: dict | None = None
+
+
+class Requests:
+    """Builds the requests of every endpoint; `_send` (sync or async) performs them."""
+
+    def caption(self, image: ImageLike, *, adapter: str | None = None, max_new_tokens: int | None = None,
+                num_beams: int | None = None, multipart: bool = False):
+        fields = _drop_none({"adapter": adapter, "max_new_tokens": max_new_tokens, "num_beams": num_beams})
+        if multipart:
+            return self._send(Call("POST", "/caption", data={k: str(v) for k, v in fields.items()},
+                                   files={"image": ("image", image_bytes(image))}))
+        return self._send(Call("POST", "/caption", json={"image": b64(image), **fields}))
+
+    def vqa(self, image: ImageLike, question: str, *, adapter: str | None = None,
+            candidates: list[str] | None = None, multipart: bool = False):
+        fields = _drop_none({"question": question, "adapter": adapter, "candidates": candidates})
+        if multipart:
+            data = {k: v for k, v in fields.items() if k != "candidates"}
+            if candidates is not None:
+                data["candidates"] = list(candidates)
+            return self._send(Call("POST", "/vqa", data=data, files={"image": ("image", image_bytes(image))}))
+        return self._send(Call("POST", "/vqa", json={"image": b64(image), **fields}))
+
+    def retrieve(self, *, text: str | None = None, image: ImageLike | None = None, gallery: str | None = None,
+                 images: dict[str, ImageLike] | None = None, texts: dict[str, str] | None = None, top_k: int = 5,
+                 adapter: str | None = None, rerank: bool = True):
+        """text -> image (gallery= an image gallery, or images={id: image}) or
+        image -> text (gallery= a text gallery, or texts={id: text}). Returns {"results": [{id, score, itc}], ...}."""
+        body = _drop_none({"text": text, "image": b64(image) if image is not None else None, "gallery": gallery,
+                           "top_k": top_k, "adapter": adapter, "rerank": rerank})
+        if images is not None:
+            body["images"] = [{"id": k, "image": b64(v)} for k, v in images.items()]
+        if texts is not None:
+            body["texts"] = [{"id": k, "text": v} for k, v in texts.items()]
+        return self._send(Call("POST", "/retrieve", json=body))
+
+    # -- galleries ------------------------------------------------------------------------
+    def create_gallery(self, name: str, kind: str = "image"):
+        return self._send(Call("POST", "/galleries", json={"name": name, "kind": kind}))
+
+    def galleries(self):
+        return self._send(Call("GET", "/galleries"))
+
+    def gallery(self, name: str):
+        return self._send(Call("GET", f"/galleries/{name}"))
+
+    def gallery_items(self, name: str):
+        return self._send(Call("GET", f"/galleries/{name}/items"))
+
+    def add_items(self, name: str, items: list[dict], *, adapter: str | None = None):
+        """items: [{"id", "image": path/bytes} or {"id", "text"}, optional "metadata": {...}]"""
+        body_items = []
+        for it in items:
+            entry = {k: v for k, v in it.items() if k != "image"}
+            if it.get("image") is not None:
+                entry["image"] = b64(it["image"])
+            body_items.append(entry)
+        return self._send(Call("POST", f"/galleries/{name}/items", json=_drop_none({"items": body_items,
+                                                                                   "adapter": adapter})))
+
+    def delete_items(self, name: str, ids: list[str]):
+        return self._send(Call("POST", f"/galleries/{name}/items/delete", json={"ids": list(ids)}))
+
+    def delete_gallery(self, name: str):
+        return self._send(Call("DELETE", f"/galleries/{name}"))
+
+    # -- adapters and health ------------------------------------------------------------------
+    def adapters(self):
+        return self._send(Call("GET", "/adapters"))
+
+    def load_adapter(self, name: str, *, pin: bool | None = None):
+        return self._send(Call("POST", f"/adapters/{name}", params=_drop_none({"pin": pin})))
+
+    def unload_adapter(self, name: str):
+        return self._send(Call("DELETE", f"/adapters/{name}"))
+
+    def health(self):
+        return self._send(Call("GET", "/healthz"))
+
+    def ready(self):
+        return self._send(Call("GET", "/readyz"))
+
+    def metrics(self):
+        return self._send(Call("GET", "/metrics"))
+
+    def _send(self, call: Call):
+        raise NotImplementedError
+
+
+def _headers(api_key: str | None) -> dict:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _result(response: httpx.Response):
+    ctype = response.headers.get("content-type", "")
+    body = response.json() if ctype.startswith("application/json") else response.text
+    if response.status_code >= 400:
+        raise from_response(response.status_code, body, response.headers)
+    return body
+
+
+def _kwargs(call: Call) -> dict:
+    return _drop_none({"json": call.json, "data": call.data, "files": call.files, "params": call.params})
+
+
+class Client(Requests):
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None):
+        self.http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport)
+
+    def _send(self, call: Call):
+        try:
+            response = self.http.request(call.method, call.path, **_kwargs(call))
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"{call.method} {call.path}: {type(exc).__name__}: {exc}") from exc
+        return _result(response)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient(Requests):
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 60.0, max_connections: int = 100):
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout, limits=limits)
+
+    async def _send(self, call: Call):
+        try:
+            response = await self.http.request(call.method, call.path, **_kwargs(call))
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"{call.method} {call.path}: {type(exc).__name__}: {exc}") from exc
+        return _result(response)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+
+__all__ = ["AsyncClient", "Client", "UnitransError"]

@@ -1,0 +1,112 @@
+"""The FastAPI app factory. The model loads in the lifespan, never at import time.
+
+    app = create_app(Settings(backbone=["models/blip-shapes"]))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Lifespan: one model worker thread is created; the backbone and the adapter table
+are built on it (the table is only ever touched there); each task's default
+adapter is loaded and pinned; the batchers start. /healthz answers as soon as the
+process runs, /readyz once all that is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request, Response
+
+from adapters.backbone import Backbone, BackboneSettings
+from server import admin, errors, routes
+from server.deps import ServicesDep, Services
+from server.engine import Engine
+from server.galleries import GalleryStore
+from server.images import configure_pil
+from server.metrics import CONTENT_TYPE_LATEST, Metrics
+from server.registry import AdapterRegistry
+from server.schemas import Ready
+from server.settings import Settings
+
+log = logging.getLogger("unitrans.server")
+
+
+def _load(settings: Settings):
+    """On the model worker thread: backbone, then the adapter table and its defaults."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    dirs = settings.backbone_dirs()
+    backbone = Backbone.from_dirs(*dirs, settings=BackboneSettings(dtype=settings.dtype, device=settings.device))
+    registry = AdapterRegistry(backbone, settings)
+    defaults = registry.load_defaults()
+    log.info("backbone %s (fingerprint %s, tasks %s); default adapters loaded: %s",
+             ", ".join(map(str, dirs)), backbone.fingerprint, sorted(backbone.tasks), defaults or "none")
+    return backbone, registry
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    configure_pil(settings.max_image_pixels)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unitrans-model")
+    try:
+        backbone, registry = await asyncio.get_running_loop().run_in_executor(executor, _load, settings)
+        engine = Engine(backbone, registry, settings, metrics, executor)
+        await engine.start()
+        galleries = GalleryStore(settings.data, settings.faiss_threshold)
+        app.state.services = Services(settings, metrics, executor, backbone, registry, engine, galleries)
+        yield
+    finally:
+        services = getattr(app.state, "services", None)
+        app.state.services = None
+        if services is not None:
+            await services.engine.stop()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(title="unitrans", version="0.1.0", lifespan=lifespan,
+                  description="One frozen BLIP backbone, many tiny task adapters chosen per request.")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.services = None
+    errors.install(app)
+    app.include_router(routes.router)
+    app.include_router(admin.router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            app.state.metrics.requests.labels(label, str(status)).inc()
+            app.state.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict:
+        """The process is up and its event loop answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Ready, tags=["health"])
+    async def readyz(svc: ServicesDep) -> Ready:
+        """The model is loaded and the batchers run (503 until then)."""
+        return Ready(ready=True, backbone=", ".join(str(d.name) for d in svc.settings.backbone_dirs()),
+                     fingerprint=svc.backbone.fingerprint, tasks=sorted(svc.backbone.tasks),
+                     adapters_loaded=len(svc.registry.loaded))
+
+    @app.get("/metrics", tags=["health"], dependencies=[routes.Depends(routes.require_api_key)])
+    async def metrics() -> Response:
+        return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,107 @@
+"""Typed API errors and the handlers that turn every failure into a JSON body.
+
+Expected errors: status 4xx/503/504 and `{"error": {"type": ..., "message": ...}}`.
+Anything else is logged with its traceback and answered with a plain 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("unitrans.server")
+
+
+class ApiError(Exception):
+    status = 400
+    type = "bad_request"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status, type = 400, "bad_request"
+
+
+class InvalidImage(ApiError):
+    status, type = 400, "invalid_image"
+
+
+class Unauthorized(ApiError):
+    status, type = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status, type = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, type = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, type = 413, "payload_too_large"
+
+
+class Unprocessable(ApiError):
+    status, type = 422, "unprocessable"
+
+
+class WrongTask(ApiError):
+    status, type = 422, "wrong_task"
+
+
+class TaskUnavailable(ApiError):
+    status, type = 501, "task_unavailable"
+
+
+class Overloaded(ApiError):
+    status, type = 503, "overloaded"
+
+
+class NotReady(ApiError):
+    status, type = 503, "not_ready"
+
+
+class Timeout(ApiError):
+    status, type = 504, "timeout"
+
+
+def error_body(type_: str, message: str) -> dict:
+    return {"error": {"type": type_, "message": message}}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse(error_body(exc.type, exc.message), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return JSONResponse(error_body("validation_error", _validation_message(exc)), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return PlainTextResponse("Internal Server Error", status_code=500)

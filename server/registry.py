@@ -1,0 +1,206 @@
+"""Adapter names -> adapter files and table slots. Names only, never paths.
+
+    registry = AdapterRegistry(backbone, settings)     # on the model worker thread
+    name = registry.resolve("vqa", request.adapter)    # event loop: 404/422 before queueing
+    routing, failed = registry.routing(row_names)      # model worker: loads on demand
+
+Two threads, two sides. The `AdapterTable` is not thread-safe, so it is touched only
+on the model worker thread (`routing`, `load`, `unload`, `pin`). The event loop sees
+an immutable snapshot of what is loaded, replaced after every mutation, and reads
+file headers (cached by size and mtime) to check a name exists and fits the task.
+
+A name with a file in the adapter directory is served even when not loaded: the
+first batch naming it loads it (LRU-evicting an unpinned adapter when full).
+`none` is the frozen backbone. No name = the task's default adapter when its file
+exists or it is loaded, else the frozen backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters import AdapterTable, read_adapter_meta
+from adapters.errors import AdapterFileError, AdapterTableError
+from server.errors import NotFound, Unprocessable, WrongTask
+from server.schemas import NAME_PATTERN
+from server.settings import TASKS, Settings
+
+log = logging.getLogger("unitrans.adapters")
+NAME_RE = re.compile(NAME_PATTERN)
+FROZEN = "none"
+SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    meta: object  # adapters.AdapterMeta
+    pinned: bool
+    version: str  # file size + mtime at load time: galleries key ITC vectors on it
+
+
+def check_name(name: str, what: str = "adapter") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise Unprocessable(f"invalid {what} name {name!r}: use 1-64 letters, digits, '-' or '_' "
+                            "(names, never paths)")
+    return name
+
+
+def _stat_version(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+class AdapterRegistry:
+    def __init__(self, backbone, settings: Settings):
+        self.backbone = backbone
+        self.settings = settings
+        self.dir = Path(settings.adapters)
+        self.table = AdapterTable(backbone, capacity=settings.adapter_capacity)
+        self._loaded: dict[str, Loaded] = {}  # snapshot, replaced whole (the event loop reads it)
+        self._headers: dict[str, tuple[str, object]] = {}  # name -> (stat version, AdapterMeta | AdapterFileError)
+
+    # -- shared helpers ---------------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        return self.dir / f"{check_name(name)}{SUFFIX}"
+
+    def file_names(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name[: -len(SUFFIX)] for p in self.dir.glob(f"*{SUFFIX}") if NAME_RE.fullmatch(p.name[: -len(SUFFIX)]))
+
+    def header(self, name: str):
+        """AdapterMeta of `<dir>/<name>.safetensors` (cached), an AdapterFileError, or None if absent."""
+        path = self.path(name)
+        version = _stat_version(path)
+        if version is None:
+            return None
+        cached = self._headers.get(name)
+        if cached and cached[0] == version:
+            return cached[1]
+        try:
+            meta = read_adapter_meta(path)
+        except AdapterFileError as exc:
+            meta = exc
+        self._headers[name] = (version, meta)
+        return meta
+
+    @property
+    def loaded(self) -> dict[str, Loaded]:
+        return self._loaded
+
+    def version(self, name: str | None) -> str:
+        """Identity of what `name` computes, for cached ITC vectors."""
+        if name is None:
+            return f"{FROZEN}-{self.backbone.fingerprint}"
+        entry = self._loaded.get(name)
+        return entry.version if entry else (_stat_version(self.path(name)) or "absent")
+
+    # -- event loop side --------------------------------------------------------------------
+    def default_name(self, task: str) -> str | None:
+        name = self.settings.default_adapter(task)
+        if name == FROZEN:
+            return None
+        if name in self._loaded or self.header(name) is not None:
+            return name
+        return None
+
+    def resolve(self, task: str, name: str | None) -> str | None:
+        """The adapter a request runs with (None = frozen), or 404 / 422."""
+        assert task in TASKS, task
+        if name is None:
+            name = self.default_name(task)
+            if name is None:
+                return None
+        if name == FROZEN:
+            return None
+        check_name(name)
+        entry = self._loaded.get(name)
+        meta = entry.meta if entry else self.header(name)
+        if meta is None:
+            known = sorted(set(self._loaded) | set(self.file_names()))
+            raise NotFound(f"unknown adapter {name!r}; available: {', '.join(known) or 'none'} "
+                           f"(and '{FROZEN}', the frozen backbone)")
+        if isinstance(meta, AdapterFileError):
+            raise Unprocessable(f"adapter {name!r} cannot be loaded: {meta}")
+        if meta.task != task:
+            raise WrongTask(f"adapter {name!r} is a {meta.task!r} adapter, not a {task!r} one")
+        if meta.backbone_fingerprint != self.backbone.fingerprint:
+            raise Unprocessable(f"adapter {name!r} was made for backbone {meta.backbone_fingerprint}, "
+                                f"this server runs {self.backbone.fingerprint}")
+        return name
+
+    # -- model worker side ------------------------------------------------------------------
+    def _refresh(self) -> None:
+        old = self._loaded
+        self._loaded = {n: Loaded(self.table.meta(n), self.table.pinned(n),
+                                  old[n].version if n in old else "") for n in self.table.names()}
+
+    def load(self, name: str, pin: bool | None = None):
+        """Load (or reload) `<dir>/<name>.safetensors`. On failure the table is unchanged."""
+        path = self.path(name)
+        if not path.is_file():
+            raise NotFound(f"no adapter file named {name!r} in the adapter directory")
+        version = _stat_version(path) or ""
+        was_pinned = name in self.table and self.table.pinned(name)
+        try:
+            meta = self.table.load(name, path)
+            if pin is not None or was_pinned:
+                self.table.pin(name, bool(pin) if pin is not None else was_pinned)
+        except AdapterFileError as exc:
+            raise Unprocessable(str(exc)) from None
+        except AdapterTableError as exc:
+            raise Unprocessable(f"cannot load adapter {name!r}: {exc}") from None
+        finally:
+            self._refresh()
+        self._loaded = {**self._loaded, name: Loaded(meta, self.table.pinned(name), version)}
+        log.info("loaded adapter %s (%s, %s, rank %s)", name, meta.kind, meta.task, meta.rank)
+        return meta
+
+    def unload(self, name: str) -> None:
+        check_name(name)
+        if name not in self.table:
+            raise NotFound(f"adapter {name!r} is not loaded")
+        self.table.evict(name)
+        self._refresh()
+
+    def load_defaults(self) -> list[str]:
+        """Load and pin each task's default adapter whose file exists; log the others."""
+        done = []
+        for task in TASKS:
+            name = self.settings.default_adapter(task)
+            if name == FROZEN or not self.path(name).is_file():
+                continue
+            try:
+                meta = self.load(name, pin=True)
+            except (NotFound, Unprocessable) as exc:
+                log.warning("default %s adapter %r not loaded: %s", task, name, exc.message)
+                continue
+            if meta.task != task:
+                log.warning("default %s adapter %r is a %s adapter", task, name, meta.task)
+            done.append(name)
+        return done
+
+    def prepare(self, names) -> dict[str, Exception]:
+        """Load every named adapter not yet in the table; {name: error} for those that failed."""
+        failed: dict[str, Exception] = {}
+        for name in dict.fromkeys(n for n in names if n is not None):
+            if name not in self.table:
+                try:
+                    self.load(name)
+                except (NotFound, Unprocessable) as exc:
+                    failed[name] = exc
+        return failed
+
+    def routing(self, names: list[str | None]):
+        """Per-row names (all loaded, see `prepare`) -> a routing for adapters.tasks (None = all frozen).
+        Raises AdapterTableError when an earlier load of this batch evicted a later name
+        (more distinct adapters than free slots); the engine then runs adapter by adapter."""
+        if all(n is None for n in names):
+            return None
+        return self.table.routing(list(names))

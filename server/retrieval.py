@@ -1,0 +1,125 @@
+"""Retrieval: ITC top-k over a gallery or inline items, then ITM re-rank of those k.
+
+    text -> image   query text vs an image gallery, or inline images
+    image -> text   query image vs a text gallery, or inline texts
+
+Gallery vectors are kept per adapter; the first search with an adapter whose
+vectors are missing (or stale: another adapter file, another backbone) computes
+and stores them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from server.deps import Services
+from server.errors import NotFound, Unprocessable
+from server.galleries import Gallery
+from server.inputs import check_text, load_b64_image
+from server.registry import FROZEN, check_name
+from server.schemas import Hit, RetrieveRequest, RetrieveResponse
+
+
+def _png(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+async def gallery_vectors(svc: Services, gallery: Gallery, adapter: str | None) -> None:
+    """Compute and store the vectors `gallery` lacks for `adapter` (caller holds the gallery lock)."""
+    label, version, fp = adapter or FROZEN, svc.registry.version(adapter), svc.backbone.fingerprint
+    missing = await run_in_threadpool(gallery.missing, label, version, fp)
+    if not missing:
+        return
+    if gallery.kind == "image":
+        images = await run_in_threadpool(lambda: [_png(gallery.blob(it)) for it in missing])
+        pixels = await run_in_threadpool(svc.engine.pixels, images)
+        vecs = await svc.engine.itc_images(pixels, adapter)
+    else:
+        vecs = await svc.engine.itc_texts([it["text"] for it in missing], adapter)
+    await run_in_threadpool(gallery.put_vectors, label, version, fp, [it["key"] for it in missing], vecs)
+
+
+def open_gallery(svc: Services, name: str, kind: str) -> Gallery:
+    check_name(name, "gallery")
+    gallery = svc.galleries.get(name)
+    if gallery is None:
+        raise NotFound(f"no gallery named {name!r}")
+    if gallery.kind != kind:
+        raise Unprocessable(f"gallery {name!r} holds {gallery.kind}s; this query needs a {kind} gallery")
+    return gallery
+
+
+def _top(sims: np.ndarray, k: int) -> list[int]:
+    k = min(k, sims.shape[0])
+    top = np.argpartition(-sims, k - 1)[:k]
+    return [int(i) for i in top[np.argsort(-sims[top], kind="stable")]]
+
+
+async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
+    s = svc.settings
+    if req.top_k > s.max_top_k:
+        raise Unprocessable(f"top_k: {req.top_k} is over the limit of {s.max_top_k}")
+    inline = req.images or req.texts or []
+    if len(inline) > s.max_inline_items:
+        raise Unprocessable(f"{len(inline)} inline items is over the limit of {s.max_inline_items}")
+    if len({it.id for it in inline}) != len(inline):
+        raise Unprocessable("inline item ids must be unique")
+    adapter = svc.registry.resolve("retrieve", req.adapter)
+    engine = svc.engine
+
+    if req.text is not None:  # text -> image
+        check_text(req.text, s, "text")
+        query = (await engine.itc_texts([req.text], adapter))[0]
+        if req.gallery is not None:
+            gallery = open_gallery(svc, req.gallery, "image")
+            async with svc.lock(gallery.name):
+                await gallery_vectors(svc, gallery, adapter)
+                found = svc.galleries.search(gallery, adapter or FROZEN, svc.registry.version(adapter),
+                                             svc.backbone.fingerprint, query, req.top_k)
+                blobs = await run_in_threadpool(lambda: [gallery.blob(it) for it, _ in found])
+            images = await run_in_threadpool(lambda: [_png(b) for b in blobs])
+            cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
+            pixels = await run_in_threadpool(engine.pixels, images) if images else None
+        else:
+            images = [await load_b64_image(it.image, s, f"images[{i}].image") for i, it in enumerate(req.images)]
+            all_px = await run_in_threadpool(engine.pixels, images)
+            sims = (await engine.itc_images(all_px, adapter)) @ query
+            top = _top(sims, req.top_k)
+            cands = [(req.images[i].id, float(sims[i]), None) for i in top]
+            pixels = all_px[top]
+        if req.rerank and cands:
+            scores = await engine.itm(pixels, [req.text] * len(cands), adapter)
+        direction = "text_to_image"
+    else:  # image -> text
+        image = await load_b64_image(req.image, s, "image")
+        pixels = await run_in_threadpool(engine.pixels, [image])
+        query = (await engine.itc_images(pixels, adapter))[0]
+        if req.gallery is not None:
+            gallery = open_gallery(svc, req.gallery, "text")
+            async with svc.lock(gallery.name):
+                await gallery_vectors(svc, gallery, adapter)
+                found = svc.galleries.search(gallery, adapter or FROZEN, svc.registry.version(adapter),
+                                             svc.backbone.fingerprint, query, req.top_k)
+            cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
+            texts = [it["text"] for it, _ in found]
+        else:
+            for i, it in enumerate(req.texts):
+                check_text(it.text, s, f"texts[{i}].text")
+            sims = (await engine.itc_texts([it.text for it in req.texts], adapter)) @ query
+            top = _top(sims, req.top_k)
+            cands = [(req.texts[i].id, float(sims[i]), None) for i in top]
+            texts = [req.texts[i].text for i in top]
+        if req.rerank and cands:
+            scores = await engine.itm(pixels, texts, adapter)
+        direction = "image_to_text"
+
+    if req.rerank and cands:
+        hits = [Hit(id=i, score=float(sc), itc=itc, metadata=m) for (i, itc, m), sc in zip(cands, scores)]
+        hits.sort(key=lambda h: -h.score)
+    else:
+        hits = [Hit(id=i, score=itc, itc=itc, metadata=m) for i, itc, m in cands]
+    return RetrieveResponse(results=hits, adapter=adapter or FROZEN, direction=direction)

@@ -1,0 +1,166 @@
+"""Request and response bodies of the HTTP API, named for what they are.
+
+Images travel as base64 strings in JSON (a `data:` URL prefix is accepted), or as
+a multipart file field named `image` for /caption and /vqa. Bounds that depend on
+settings (text length, top_k, beams) are checked by the routes with the settings
+at hand; the static shape is checked here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # adapter and gallery names: never paths
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- tasks ------------------------------------------------------------------------
+class CaptionRequest(Body):
+    image: str = Field(..., description="base64 image bytes (PNG, JPEG, GIF, BMP, WebP, TIFF)")
+    adapter: str | None = Field(None, description="adapter name; 'none' = frozen backbone; omitted = task default")
+    max_new_tokens: int | None = Field(None, ge=1, description="default 30")
+    num_beams: int | None = Field(None, ge=1, description="1 = greedy (default)")
+
+
+class CaptionResponse(BaseModel):
+    caption: str
+    adapter: str = Field(..., description="the adapter that served it ('none' = frozen backbone)")
+
+
+class VqaRequest(Body):
+    image: str
+    question: str = Field(..., min_length=1)
+    adapter: str | None = None
+    candidates: list[str] | None = Field(None, min_length=1, description="rank these answers instead of generating")
+
+
+class VqaResponse(BaseModel):
+    answer: str
+    adapter: str
+    scores: dict[str, float] | None = Field(None, description="log-likelihood of each candidate (when given)")
+
+
+class InlineImage(Body):
+    id: str = Field(..., min_length=1, max_length=200)
+    image: str
+
+
+class InlineText(Body):
+    id: str = Field(..., min_length=1, max_length=200)
+    text: str = Field(..., min_length=1)
+
+
+class RetrieveRequest(Body):
+    """Text -> image: `text` with `gallery` (an image gallery) or `images`.
+    Image -> text: `image` with `texts` or `gallery` (a text gallery)."""
+
+    text: str | None = Field(None, min_length=1)
+    image: str | None = None
+    gallery: str | None = None
+    images: list[InlineImage] | None = Field(None, min_length=1)
+    texts: list[InlineText] | None = Field(None, min_length=1)
+    top_k: int = Field(5, ge=1, description="results returned (and ITM re-ranked)")
+    adapter: str | None = None
+    rerank: bool = Field(True, description="re-rank the ITC top-k with the ITM head")
+
+    @model_validator(mode="after")
+    def _one_direction(self):
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one query: 'text' (text->image) or 'image' (image->text)")
+        if self.text is not None and (self.gallery is None) == (self.images is None):
+            raise ValueError("a text query needs exactly one of 'gallery' (image gallery) or 'images'")
+        if self.image is not None and (self.gallery is None) == (self.texts is None):
+            raise ValueError("an image query needs exactly one of 'gallery' (text gallery) or 'texts'")
+        if self.text is not None and self.texts is not None or self.image is not None and self.images is not None:
+            raise ValueError("inline items must be of the other modality than the query")
+        return self
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(..., description="ITM P(match) when re-ranked, else ITC cosine")
+    itc: float = Field(..., description="ITC cosine similarity")
+    metadata: dict[str, Any] | None = None
+
+
+class RetrieveResponse(BaseModel):
+    results: list[Hit]
+    adapter: str
+    direction: Literal["text_to_image", "image_to_text"]
+
+
+# -- galleries --------------------------------------------------------------------
+class GalleryCreate(Body):
+    name: str = Field(..., pattern=NAME_PATTERN)
+    kind: Literal["image", "text"] = "image"
+
+
+class GalleryItem(Body):
+    id: str = Field(..., min_length=1, max_length=200)
+    image: str | None = None
+    text: str | None = Field(None, min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class GalleryAdd(Body):
+    items: list[GalleryItem] = Field(..., min_length=1)
+    adapter: str | None = Field(None, description="compute ITC vectors with this adapter now (default: task default)")
+
+
+class GalleryDeleteItems(Body):
+    ids: list[str] = Field(..., min_length=1)
+
+
+class GalleryInfo(BaseModel):
+    name: str
+    kind: Literal["image", "text"]
+    size: int
+    adapters: list[str] = Field(..., description="adapters whose ITC vectors are stored")
+    index: Literal["exact", "faiss-hnsw"]
+
+
+class GalleryList(BaseModel):
+    galleries: list[GalleryInfo]
+
+
+class GalleryChange(BaseModel):
+    gallery: str
+    added: list[str] = Field(default_factory=list)
+    replaced: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    size: int
+
+
+# -- adapters ---------------------------------------------------------------------
+class AdapterInfo(BaseModel):
+    name: str
+    kind: str | None = None
+    task: str | None = None
+    rank: int | None = None
+    trainable_params: int | None = None
+    bytes: int | None = None
+    backbone_fingerprint: str | None = None
+    loaded: bool
+    pinned: bool
+    default_for: list[str] = Field(default_factory=list)
+    error: str | None = Field(None, description="why the file cannot be loaded, if it cannot")
+
+
+class AdapterList(BaseModel):
+    adapters: list[AdapterInfo]
+    backbone_fingerprint: str
+    capacity: int
+
+
+# -- health -----------------------------------------------------------------------
+class Ready(BaseModel):
+    ready: bool
+    backbone: str
+    fingerprint: str
+    tasks: list[str]
+    adapters_loaded: int

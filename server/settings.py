@@ -1,0 +1,94 @@
+"""Every server setting, in one place: `Settings` reads `UNITRANS_*` environment
+variables; `python -m server` flags override them.
+
+    UNITRANS_BACKBONE='["/models/blip-cap", "/models/blip-vqa"]'   # a JSON list (or one path)
+    UNITRANS_API_KEY=secret UNITRANS_MAX_BATCH_SIZE=32 python -m server
+
+With no backbone given the server serves the shipped default, `models/blip-shapes`
+and `models/adapters`, found next to this package (not relative to the CWD).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BACKBONE = ROOT / "models" / "blip-shapes"
+DEFAULT_ADAPTERS = ROOT / "models" / "adapters"
+DEFAULT_DATA = ROOT / "data"
+TASKS = ("caption", "vqa", "retrieve")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNITRANS_", extra="forbid")
+
+    # -- what to serve ----------------------------------------------------------------
+    backbone: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="backbone dirs, parts taken from the first that has them; [] = default")
+    adapters: Path = Field(DEFAULT_ADAPTERS, description="directory of <name>.safetensors adapter files")
+    data: Path = Field(DEFAULT_DATA, description="where galleries are persisted")
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "cpu"
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the model worker; 0 = torch default")
+    # Adapters named by no request: a task's default if this file exists; "none" = frozen backbone.
+    default_caption_adapter: str = "caption"
+    default_vqa_adapter: str = "vqa"
+    default_retrieve_adapter: str = "retrieval"
+    adapter_capacity: int = Field(32, ge=1, description="adapter table slots (LRU, defaults pinned)")
+
+    # -- network ----------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = None  # set -> every route but /healthz, /readyz, /docs needs Bearer
+    log_level: str = "info"
+
+    # -- batching ---------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
+    queue_size: int = Field(256, ge=1, description="waiting requests per task before 503")
+    request_timeout_s: float = Field(60.0, gt=0)
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
+
+    # -- input bounds -----------------------------------------------------------------
+    max_request_bytes: int = Field(64 * 2**20, ge=1024)
+    max_image_bytes: int = Field(10 * 2**20, ge=64)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width*height; larger is refused as a bomb")
+    max_text_chars: int = Field(512, ge=1)
+    max_text_tokens: int = Field(40, ge=4, description="questions and texts are truncated to this many tokens")
+    max_candidates: int = Field(64, ge=1)
+    max_inline_items: int = Field(256, ge=1, description="inline images/texts per /retrieve or gallery add")
+    max_new_tokens_limit: int = Field(64, ge=1)
+    max_beams_limit: int = Field(8, ge=1)
+    max_top_k: int = Field(100, ge=1)
+
+    # -- galleries --------------------------------------------------------------------
+    faiss_threshold: int = Field(50_000, ge=1, description="galleries at least this large use a faiss HNSW index")
+
+    @field_validator("backbone", mode="before")
+    @classmethod
+    def _paths(cls, value):
+        if isinstance(value, (str, Path)):
+            text = str(value).strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [p for p in text.split(",") if p] if text else []
+        return value
+
+    def backbone_dirs(self) -> list[Path]:
+        return list(self.backbone) or [DEFAULT_BACKBONE]
+
+    def default_adapter(self, task: str) -> str:
+        return {"caption": self.default_caption_adapter, "vqa": self.default_vqa_adapter,
+                "retrieve": self.default_retrieve_adapter}[task]
+
+
+def missing_default_message(path: Path) -> str:
+    return (f"the default backbone {path} does not exist yet. Build it with "
+            "`.venv/bin/python -m training.pretrain` (see README), or serve another one with "
+            "`python -m server --backbone DIR` (e.g. a local Salesforce/blip-* directory).")

@@ -1,0 +1,117 @@
+"""A real unitrans server on loopback for the server and client tests (no tests here).
+
+    world = tiny_world()                       # tiny random backbone + adapter files, built once
+    with running_server(world, queue_size=2) as url: ...
+    url = shared_server()                      # one server for the whole session (default settings)
+
+The backbone is tests/tiny.py's random BLIP; adapters are made with `create_adapter`,
+their vectors set to random non-zero values, and saved with `save_adapter`, so each
+adapter really changes the outputs. uvicorn runs in a background thread on a socket
+bound to 127.0.0.1:0.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import io
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import uvicorn
+from PIL import Image
+
+from adapters import create_adapter, save_adapter
+from adapters.backbone import Backbone
+from server.app import create_app
+from server.settings import Settings
+from tests.tiny import random_images, tiny_config, tiny_processor
+
+# name -> (kind, task); "caption", "vqa", "retrieval" are the task defaults
+ADAPTERS = {
+    "caption": ("vcra", "caption"), "caption-b": ("vcra", "caption"), "caption-lora": ("lora", "caption"),
+    "vqa": ("vcra", "vqa"), "vqa-b": ("vcra", "vqa"),
+    "retrieval": ("vcra", "retrieve"), "retrieval-b": ("vcra", "retrieve"),
+}
+
+
+@functools.cache
+def tiny_world() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="unitrans-world-"))
+    atexit.register(shutil.rmtree, root, True)
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(root / "backbone")
+    bb = Backbone.from_dirs(root / "backbone")
+    (root / "adapters").mkdir()
+    for i, (name, (kind, task)) in enumerate(ADAPTERS.items()):
+        adapter = create_adapter(kind, bb, task=task, rank=4, seed=0)
+        gen = torch.Generator().manual_seed(100 + i)
+        with torch.no_grad():
+            for p in adapter.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 if kind == "vcra" else 0.3))
+        save_adapter(adapter, root / "adapters" / f"{name}.safetensors", recipe={"test": True})
+    return root
+
+
+def settings_for(world: Path, data: Path | None = None, **overrides) -> Settings:
+    data = data or Path(tempfile.mkdtemp(prefix="unitrans-data-"))
+    base = dict(backbone=[world / "backbone"], adapters=world / "adapters", data=data, max_wait_ms=5,
+                log_level="warning")
+    return Settings(**{**base, **overrides})
+
+
+@contextmanager
+def running_server(world: Path | None = None, **overrides):
+    """Start uvicorn in a thread with the tiny world; yields the base URL; stops it after."""
+    settings = settings_for(world or tiny_world(), **overrides)
+    app = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@functools.cache
+def shared_server() -> str:
+    """One default server for the session, stopped at interpreter exit."""
+    ctx = running_server()
+    url = ctx.__enter__()
+    atexit.register(ctx.__exit__, None, None, None)
+    return url
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def images(n: int, seed: int = 0) -> list[bytes]:
+    return [png(im) for im in random_images(n, seed=seed)]
+
+
+def noise(size: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).convert(mode)
