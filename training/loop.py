@@ -194,6 +194,11 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
     finally:
         if log:
             log.close()
+    if distributed:  # DDP averaged every gradient, so the replicas must have stayed identical
+        flat = torch.cat([p.detach().flatten() for p in params])
+        copies = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(copies, flat)
+        assert all(torch.equal(c, copies[0]) for c in copies), "DDP replicas diverged"
     adapter.eval()
     return {"steps": global_step, "seconds": round(time.perf_counter() - t_start, 2), "last_loss": last_loss,
             "resumed_from": resumed_from, "steps_per_epoch": steps_per_epoch, "config": asdict(cfg)}
