@@ -24,15 +24,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from tqdm import tqdm
+# Idle OpenMP threads sleep instead of spinning: on 2 cores shared with other jobs,
+# spinning threads made steps 5-10x slower. Only effective before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from adapters.backbone import Backbone
-from training.pretrain_model import make_config, pretrain_losses
-from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer
-from training.world import PROMPT, load_texts
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from adapters.backbone import Backbone  # noqa: E402
+from training.pretrain_model import make_config, pretrain_losses  # noqa: E402
+from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer  # noqa: E402
+from training.world import PROMPT, load_texts  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -195,7 +199,7 @@ def main(argv: list[str]) -> dict:
               "final_temp": float(log_temp.detach().exp()), "history": history[-1:] if history else []}
     if not args.no_eval:
         from training.pretrain_eval import evaluate  # noqa: PLC0415  (only needed here)
-        record["test"] = evaluate(out, world, "test", limit=args.eval_limit)
+        record["test"] = evaluate(out, world, "test", limit=args.eval_limit, sheet=out / "contact_sheet.png")
         print(json.dumps(record["test"], indent=1))
     (out / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
     (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")

@@ -156,7 +156,8 @@ def questions(rng: np.random.Generator, scene: Scene) -> list[tuple[str, str | i
             qa.append((f"what shape {be} the {g.colour} object{s} ?", g.shape))
         if len(gs) == 2:
             qa.append((f"where {be} the {g.colour} {g.shape}{s} ?", WHERE_WORDS[g.region]))
-    shape = str(rng.choice(SHAPES))  # count: present or absent shape, ~as often as chance
+    # count: mostly a shape present in the image, sometimes any shape (answer often "0")
+    shape = str(rng.choice([h.shape for h in gs] if rng.random() < 0.75 else list(SHAPES)))
     qa.append((f"how many {shape}s are there ?", sum(h.count for h in gs if h.shape == shape)))
     present = {(h.colour, h.shape) for h in gs}
     colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
