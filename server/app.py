@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 
 from adapters.backbone import Backbone, BackboneSettings
 from server import admin, errors, routes
-from server.deps import ServicesDep, Services
+from server.deps import Services, ServicesDep, require_api_key
 from server.engine import Engine
 from server.galleries import GalleryStore
 from server.images import configure_pil
@@ -36,8 +36,6 @@ log = logging.getLogger("unitrans.server")
 
 def _load(settings: Settings):
     """On the model worker thread: backbone, then the adapter table and its defaults."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     dirs = settings.backbone_dirs()
     backbone = Backbone.from_dirs(*dirs, settings=BackboneSettings(dtype=settings.dtype, device=settings.device))
     registry = AdapterRegistry(backbone, settings)
@@ -53,6 +51,9 @@ async def lifespan(app: FastAPI):
     metrics: Metrics = app.state.metrics
     configure_pil(settings.max_image_pixels)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unitrans-model")
+    threads = torch.get_num_threads()
+    if settings.torch_threads:  # process-wide in torch; restored at shutdown (tests run servers in-process)
+        torch.set_num_threads(settings.torch_threads)
     try:
         backbone, registry = await asyncio.get_running_loop().run_in_executor(executor, _load, settings)
         engine = Engine(backbone, registry, settings, metrics, executor)
@@ -66,6 +67,7 @@ async def lifespan(app: FastAPI):
         if services is not None:
             await services.engine.stop()
         executor.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -105,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                      fingerprint=svc.backbone.fingerprint, tasks=sorted(svc.backbone.tasks),
                      adapters_loaded=len(svc.registry.loaded))
 
-    @app.get("/metrics", tags=["health"], dependencies=[routes.Depends(routes.require_api_key)])
+    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)])
     async def metrics() -> Response:
         return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,0 +1,74 @@
+"""Concurrent requests naming different adapters get exactly the answers the same
+requests get one by one, through a real server that batches them together."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from client import AsyncClient, Client
+from tests.test_server_harness import images, running_server
+
+
+def _requests(imgs):
+    reqs = []
+    cap_adapters = [None, "none", "caption", "caption-b", "caption-lora"]
+    vqa_adapters = [None, "none", "vqa", "vqa-b"]
+    questions = ["what colour is the circle ?", "is there a star ?", "how many squares are there ?"]
+    for i, im in enumerate(imgs):
+        reqs.append(("caption", dict(image=im, adapter=cap_adapters[i % len(cap_adapters)])))
+        reqs.append(("caption", dict(image=im, adapter=cap_adapters[(i + 2) % len(cap_adapters)], num_beams=3,
+                                     max_new_tokens=8)))
+        reqs.append(("vqa", dict(image=im, question=questions[i % 3], adapter=vqa_adapters[i % 4])))
+        reqs.append(("vqa", dict(image=im, question=questions[(i + 1) % 3], adapter=vqa_adapters[(i + 1) % 4],
+                                 candidates=["red", "blue", "two", "yes"])))
+        reqs.append(("retrieve", dict(text="a red circle", images={f"i{j}": x for j, x in enumerate(imgs[:4])},
+                                      top_k=3, adapter=["retrieval", "retrieval-b", "none"][i % 3])))
+    return reqs
+
+
+def _same(a, b, path="") -> None:
+    """Equal strings/ids exactly; floats to 1e-4 (padding to a batch's longest text
+    changes float summation order in the text encoder, not the answer)."""
+    if isinstance(a, float):
+        assert b == pytest.approx(a, abs=1e-4), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_concurrent_mixed_adapters_match_one_by_one():
+    imgs = images(10, seed=3)
+    reqs = _requests(imgs)
+    with running_server(max_wait_ms=40, max_batch_size=16) as url:
+        with Client(url) as c:
+            alone = [getattr(c, name)(**kw) for name, kw in reqs]
+
+        async def together():
+            async with AsyncClient(url) as ac:
+                return await asyncio.gather(*(getattr(ac, name)(**kw) for name, kw in reqs))
+
+        mixed = asyncio.run(together())
+        with Client(url) as c:
+            metrics = c.metrics()
+    for i, (a, m) in enumerate(zip(alone, mixed)):
+        _same(a, m, f"request {i} {reqs[i][0]}")
+    # the adapters really differ (else the comparison proves nothing) ...
+    captions = {r["adapter"]: r["caption"] for (name, kw), r in zip(reqs, alone) if name == "caption"
+                and "num_beams" not in kw}
+    assert len(set(captions.values())) >= 4, captions
+    # ... and requests really were batched together, with mixed adapters
+    sums = {m.group(1): float(m.group(2)) for m in re.finditer(r'unitrans_batch_size_sum\{task="(\w+)"\} (\S+)', metrics)}
+    counts = {m.group(1): float(m.group(2))
+              for m in re.finditer(r'unitrans_batch_size_count\{task="(\w+)"\} (\S+)', metrics)}
+    assert sums["caption"] / counts["caption"] > 1.2, (sums, counts)
+    assert sums["vqa"] / counts["vqa"] > 1.2, (sums, counts)
