@@ -37,6 +37,10 @@ class AdaptedLinear(nn.Module):
         self.base_layer = base_layer
         self.site = site
         self.index = index  # position in attachment_sites order
+        from adapters.vcra.config import group_keys  # (adapters.vcra imports this module)
+
+        self.group_keys = group_keys(site)  # VCRA vector groups it reads (q / kv)
+        self.site_key = f"{site.modality}_{site.layer}_{site.proj}"  # LoRA tensors' key
         # Keep the plain Linear's state-dict keys (see module docstring).
         self.register_state_dict_post_hook(_drop_base_prefix)
         self.register_load_state_dict_pre_hook(_add_base_prefix)

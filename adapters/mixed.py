@@ -32,8 +32,7 @@ import torch.nn.functional as F
 
 from adapters.errors import AdapterTableError
 from adapters.routing import expand_rows
-from adapters.vcra.config import group_keys
-from adapters.vcra.layer import vcra_delta
+from adapters.vcra.layer import per_row, vcra_delta_
 
 
 @dataclass
@@ -80,6 +79,10 @@ class Routing:
         self.has_qasn = any(g.qasn_pair is not None for g in pair_groups)
         self._guard = guard  # (table, generation) for table-made routings
         self._rows: dict[tuple[int, int], torch.Tensor | None] = {}  # pure cache: (group id, n) -> rows
+        # Table routings cache what they gather per (group, site, n): the bank cannot change under
+        # them (guard) and holds no autograd history, and decoding calls each site once per token.
+        # Live routings (training) gather afresh: their parameters change between steps.
+        self._cache: dict | None = {} if guard is not None else None
 
     @property
     def batch_size(self) -> int | None:
@@ -110,30 +113,49 @@ class Routing:
     def linear(self, module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         self._check()
         site, n = module.site, x.shape[0]
-        slots = self.slots_for(n)
-        keys = group_keys(site)
-        for group in self.pair_groups:
-            pair = group.pair_of.get(site.modality)
-            if pair is None or keys[0] not in self.bank.lam_a:
+        for gi, group in enumerate(self.pair_groups):
+            prepared = self._prepare(gi, group, module, n, x)
+            if prepared is None:
                 continue
-            rows = self.rows_for(group.requests, n)
-            sl = slots if rows is None or slots is None else slots.index_select(0, rows)
-            vectors = [(_gather(self.bank.lam_a[k][:, : group.rank], sl), _gather(self.bank.lam_b[k], sl)) for k in keys]
-            a, b = group.pairs[pair]
-            xs = x if rows is None else x.index_select(0, rows)
-            delta = vcra_delta(site, xs, a, b, vectors, _gather(self.bank.scale, sl))
-            out = out + delta if rows is None else out.index_add(0, rows, delta)
+            rows, a, b, vectors = prepared
+            if rows is None:
+                vcra_delta_(site, x, out, a, b, vectors)  # every row, in place
+            else:
+                part = vcra_delta_(site, x.index_select(0, rows), torch.zeros_like(out[: rows.shape[0]]), a, b, vectors)
+                out = out.index_add_(0, rows, part)
         if self.matrix_groups:
-            skey = site_key(site)
             for group in self.matrix_groups:
-                if skey not in group.weights:
+                if module.site_key not in group.weights:
                     continue
-                a, b = group.weights[skey]
+                a, b = group.weights[module.site_key]
                 rows = self.rows_for(group.requests, n)
                 xs = x if rows is None else x.index_select(0, rows)
                 delta = F.linear(F.linear(xs, a.to(x.dtype)), b.to(x.dtype)) * group.scaling  # (m, L, out)
-                out = out + delta if rows is None else out.index_add(0, rows, delta)
+                out = out.add_(delta) if rows is None else out.index_add_(0, rows, delta)
         return out
+
+    def _prepare(self, gi: int, group: PairGroup, module, n: int, x: torch.Tensor):
+        """(rows, A sliced, B sliced, [(Λa, s·Λb) per group key]) for one site, or None."""
+        key = (gi, module.index, n, x.dim(), x.dtype)
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        site, keys = module.site, module.group_keys
+        pair = group.pair_of.get(site.modality)
+        if pair is None or keys[0] not in self.bank.lam_a:
+            prepared = None
+        else:
+            rows = self.rows_for(group.requests, n)
+            slots = self.slots_for(n)
+            sl = slots if rows is None or slots is None else slots.index_select(0, rows)
+            scale = _gather(self.bank.scale, sl)[:, None]  # (m, 1)
+            vectors = [(per_row(_gather(self.bank.lam_a[k][:, : group.rank], sl).to(x.dtype), x.dim()),
+                        per_row((scale * _gather(self.bank.lam_b[k], sl)).to(x.dtype), x.dim())) for k in keys]
+            a, b = group.pairs[pair]
+            proj_out = site.out_features // 3 if site.proj == "qkv" else site.out_features
+            prepared = (rows, a[:, : site.in_features].to(x.dtype), b[:proj_out].to(x.dtype), vectors)
+        if self._cache is not None:
+            self._cache[key] = prepared
+        return prepared
 
     # -- called by the fusion-block hooks -----------------------------------------------------
     def fusion_block(self, index: int, num_blocks: int, hidden_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

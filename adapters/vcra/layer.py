@@ -35,29 +35,29 @@ def draw_pair(seed: int, pair: str, rank: int, d_in: int, d_out: int) -> tuple[t
     return a, b
 
 
-def _per_row(t: torch.Tensor, ndim: int) -> torch.Tensor:
+def per_row(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """(m, k) -> (m, 1, ..., 1, k) to broadcast over the token axes of an ndim input."""
     return t.reshape(t.shape[0], *([1] * (ndim - 2)), t.shape[-1])
 
 
-def vcra_delta(site: Site, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-               vectors: list[tuple[torch.Tensor, torch.Tensor]], scale: torch.Tensor) -> torch.Tensor:
-    """Delta for `site` (same shape as its output) from the full pair (a, b), sliced here.
+def vcra_delta_(site: Site, x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """out += s · Λb ⊙ (B (Λa ⊙ (A x))) in place, for `site`; returns out.
 
-    vectors: [(Λa (m, r), Λb (m, d_out))] for the site's groups: one for q/k/v,
-    two (q, kv) for the fused vision qkv. scale: (m,)."""
-    proj_out = site.out_features // 3 if site.proj == "qkv" else site.out_features
-    a = a[:, : site.in_features].to(x.dtype)  # dims rule: leading columns / rows of the pair
-    b = b[:proj_out].to(x.dtype)
-    ax = F.linear(x, a)  # (n, L, r)
-    outs = []
-    for lam_a, lam_b in vectors:
-        u = ax * _per_row(lam_a.to(x.dtype), x.dim())  # (n, L, r)
-        outs.append(F.linear(u, b) * _per_row((scale[:, None] * lam_b).to(x.dtype), x.dim()))  # (n, L, d_out)
-    if site.proj == "qkv":
-        q, kv = outs
-        return torch.cat([q, kv, kv], dim=-1)  # [q; k; v], key and value share vectors
-    return outs[0]
+    x (n, L, in), out (n, L, out). a (r, in) and b (proj_out, r) are the pair already
+    sliced to the site (dims rule) and cast to x's dtype. vectors: [(Λa, s·Λb)] shaped
+    (m, 1, r) and (m, 1, proj_out) with m = n or 1, one for q/k/v, two (q, kv) for the
+    fused vision qkv, whose out is [q; k; v] with k and v sharing the kv vectors.
+    In place is safe under autograd: a Linear's backward does not read its output."""
+    ax = F.linear(x, a)  # (n, L, r), shared by q and kv of a fused qkv
+    if site.proj != "qkv":
+        lam_a, slam_b = vectors[0]
+        return out.add_(F.linear(ax * lam_a, b) * slam_b)
+    (qa, qb), (kva, kvb) = vectors
+    out3 = out.unflatten(-1, (3, -1))  # (n, L, 3, h) view of out
+    out3[..., 0, :] += F.linear(ax * qa, b) * qb
+    out3[..., 1:, :] += (F.linear(ax * kva, b) * kvb).unsqueeze(-2)  # the same delta on k and v
+    return out
 
 
 def side_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lam_a: torch.Tensor,
@@ -65,5 +65,5 @@ def side_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lam_a: torch.T
     """QASN's x w_i = Λb ⊙ (B (Λa ⊙ (A x))) on fusion states x (n, L, d): the VCRA
     operator without s. lam_a (m, r), lam_b (m, d)."""
     d = x.shape[-1]
-    u = F.linear(x, a[:, :d].to(x.dtype)) * _per_row(lam_a.to(x.dtype), x.dim())
-    return F.linear(u, b[:d].to(x.dtype)) * _per_row(lam_b.to(x.dtype), x.dim())
+    u = F.linear(x, a[:, :d].to(x.dtype)) * per_row(lam_a.to(x.dtype), x.dim())
+    return F.linear(u, b[:d].to(x.dtype)) * per_row(lam_b.to(x.dtype), x.dim())
