@@ -116,7 +116,8 @@ class Gallery:
         atomic_write(self.root / "manifest.json", json.dumps(body, ensure_ascii=False).encode())
 
     def put_vectors(self, adapter: str, version: str, fingerprint: str, keys: list[str], matrix: np.ndarray) -> None:
-        """Merge vectors for `keys` into the adapter's file, keeping only current items' rows."""
+        """Merge vectors for `keys` into the adapter's file; rows of items no longer in the
+        manifest on disk are dropped."""
         old = self.load_vectors(adapter, version, fingerprint)
         live = {it["key"] for it in self.items} | set(keys)
         merged: dict[str, np.ndarray] = {}
@@ -150,12 +151,9 @@ class Gallery:
                 items.append(entry)
                 added.append(entry["id"])
         if vectors is not None:
-            adapter, version, fingerprint, keys, matrix = vectors
-            previous, self.items = self.items, items  # so put_vectors keeps the new keys
-            try:
-                self.put_vectors(adapter, version, fingerprint, keys, matrix)
-            finally:
-                self.items = previous
+            # Written while self.items is still the old list, so the rows of replaced items
+            # survive: until the new manifest lands, the old one on disk still names them.
+            self.put_vectors(*vectors)
         self.items = items
         self._write_manifest()
         return added, replaced
