@@ -97,7 +97,8 @@ def test_full_finetune_trains_a_copy(world, tmp_path):
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+            "HF_HUB_OFFLINE": "1"}
 
 
 def test_kill_and_resume_is_exact(world, tmp_path):
