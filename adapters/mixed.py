@@ -4,43 +4,50 @@ A `Routing` is built by `AdapterTable.routing(names)` (serving: per-row slots in
 the table's preallocated bank) or by `adapter.routing()` (training: one live
 adapter, its own parameters as a one-slot bank, gradients flow). Both run the same
 code below, called by the wrapped projections (`injection.AdaptedLinear`) and the
-fusion-block hooks (QASN).
+fusion-block hooks (QASN, `adapters.qasn`).
 
-    slots            (B,) slot per request, 0 = frozen backbone (all-zero vectors);
-                     None = every row uses slot 0 of a one-slot bank (live adapter)
-    bank             VectorBank: per-slot Λa, Λb, s and QASN vectors, first axis = slot
-    pair_groups      one per distinct shared pair among the requests: its (A, B)
-                     tensors and which requests use it (None = all rows; rows whose
-                     slot has zero vectors then get an exact zero delta)
-    matrix_groups    LoRA adapters: their own (A, B) per site and their requests
+    slots          (B,) slot per request, 0 = frozen backbone (all-zero vectors);
+                   None = every row uses slot 0 of a one-slot bank (live adapter)
+    bank           VectorBank: per-slot Λa, Λb, s and QASN vectors, first axis = slot
+    pair_groups    one per distinct shared pair among the requests: its (A, B) and which
+                   requests use it (None = all rows; rows whose slot has zero vectors
+                   then get an exact zero delta)
+    matrix_groups  LoRA adapters: their own (A, B) per site and their requests
 
-Cost of one projection: 2 matmuls per pair group (one group for any number of VCRA
-adapters with the same seed and rank and frozen pair) + 2 per matrix adapter
-present. Rows multiply inside a call (beam search, candidate ranking); request
-indices are expanded with the same consecutive layout as `routing.expand_rows`.
+Cost of one projection: per pair group, x Aᵀ then one (batched) matmul with the
+folded M = diag(Λa) Bᵀ diag(s·Λb) (see `vcra.layer.fold`), for any number of
+distinct VCRA adapters sharing the pair; per LoRA adapter present, two matmuls on its
+rows. Rows multiply inside a call (beam search, candidate ranking); request indices
+expand with the consecutive layout of `routing.expand_rows`.
 
-A routing made by a table is valid until the table next changes (checked per
-projection); build one per batch.
+A table routing is valid until the table next changes (checked per projection) and
+caches what it gathers and folds (per site and row count; decoding calls each site
+once per token). Live routings cache nothing: build one per training step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from adapters.errors import AdapterTableError
 from adapters.routing import expand_rows
-from adapters.vcra.layer import per_row, vcra_delta_
+from adapters.vcra.layer import apply_delta_, fold
+
+CACHE_BYTES = 256 * 2**20  # cap on folded per-row matrices one table routing keeps
 
 
 @dataclass
 class VectorBank:
-    lam_a: dict[str, torch.Tensor]  # group -> (S, R) (R >= every rank that reads it)
-    lam_b: dict[str, torch.Tensor]  # group -> (S, d_out)
+    """Vectors of every slot, stacked so a batch gathers them in a few ops."""
+
+    groups: dict[str, int]  # group key ("vision_0_q", ...) -> column g
+    lam_a: torch.Tensor  # (S, G, R)  R >= every rank reading it (zero beyond an adapter's rank)
+    lam_b: torch.Tensor  # (S, G, D)  D = widest group (zero beyond a group's width)
     scale: torch.Tensor  # (S,)
-    qasn: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict)  # block -> Λa (S,R), Λb, α, β (S,d)
+    qasn: tuple[torch.Tensor, ...] | None = None  # Λa (S, N, R), Λb, α, β (S, N, d); N fusion blocks
 
 
 @dataclass
@@ -49,7 +56,7 @@ class PairGroup:
     pair_of: dict[str, str]  # modality -> pair name
     rank: int
     requests: torch.Tensor | None  # (m,) request indices, None = all rows
-    qasn_pair: str | None = None  # pair the fusion side network reads, None = no QASN in this group
+    qasn_pair: str | None = None  # pair the fusion side network reads; None = no QASN in this group
 
 
 @dataclass
@@ -63,10 +70,6 @@ def site_key(site) -> str:
     return f"{site.modality}_{site.layer}_{site.proj}"
 
 
-def _gather(t: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
-    return t[:1] if slots is None else t.index_select(0, slots)
-
-
 class Routing:
     def __init__(self, slots: torch.Tensor | None, bank: VectorBank | None, pair_groups: list[PairGroup],
                  matrix_groups: list[MatrixGroup], guard=None):
@@ -78,86 +81,128 @@ class Routing:
         self.matrix_groups = matrix_groups
         self.has_qasn = any(g.qasn_pair is not None for g in pair_groups)
         self._guard = guard  # (table, generation) for table-made routings
-        self._rows: dict[tuple[int, int], torch.Tensor | None] = {}  # pure cache: (group id, n) -> rows
-        # Table routings cache what they gather per (group, site, n): the bank cannot change under
-        # them (guard) and holds no autograd history, and decoding calls each site once per token.
-        # Live routings (training) gather afresh: their parameters change between steps.
         self._cache: dict | None = {} if guard is not None else None
+        self._cached_bytes = 0
 
     @property
     def batch_size(self) -> int | None:
         return None if self.slots is None else self.slots.shape[0]
 
-    # -- row bookkeeping --------------------------------------------------------------
     def _check(self) -> None:
         if self._guard is not None and self._guard[0].generation != self._guard[1]:
             raise AdapterTableError("this routing is stale: the adapter table changed after routing() built it")
 
+    def _memo(self, key, make, nbytes=None):
+        if self._cache is None:
+            return make()
+        if key not in self._cache:
+            value = make()
+            size = nbytes(value) if nbytes else 0
+            if self._cached_bytes + size > CACHE_BYTES:
+                return value
+            self._cached_bytes += size
+            self._cache[key] = value
+        return self._cache[key]
+
+    # -- rows ------------------------------------------------------------------------------
     def slots_for(self, n: int) -> torch.Tensor | None:
-        return None if self.slots is None else expand_rows(self.slots, n)
+        return None if self.slots is None else self._memo(("slots", n), lambda: expand_rows(self.slots, n))
 
     def rows_for(self, requests: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """Request indices (m,) -> row indices of an n-row batch (each request's k rows consecutive)."""
         if requests is None:
             return None
-        key = (id(requests), n)
-        if key not in self._rows:
+
+        def make():
             batch = self.slots.shape[0]
             if n % batch:
                 raise ValueError(f"a batch of {n} rows cannot come from {batch} routed requests")
             k = n // batch
-            self._rows[key] = (requests[:, None] * k + torch.arange(k, device=requests.device)).reshape(-1)
-        return self._rows[key]
+            return (requests[:, None] * k + torch.arange(k, device=requests.device)).reshape(-1)
 
-    # -- called by AdaptedLinear ---------------------------------------------------------
-    def linear(self, module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        self._check()
-        site, n = module.site, x.shape[0]
-        for gi, group in enumerate(self.pair_groups):
-            prepared = self._prepare(gi, group, module, n, x)
-            if prepared is None:
-                continue
-            rows, a, b, vectors = prepared
-            if rows is None:
-                vcra_delta_(site, x, out, a, b, vectors)  # every row, in place
-            else:
-                part = vcra_delta_(site, x.index_select(0, rows), torch.zeros_like(out[: rows.shape[0]]), a, b, vectors)
-                out = out.index_add_(0, rows, part)
-        if self.matrix_groups:
-            for group in self.matrix_groups:
-                if module.site_key not in group.weights:
-                    continue
-                a, b = group.weights[module.site_key]
-                rows = self.rows_for(group.requests, n)
-                xs = x if rows is None else x.index_select(0, rows)
-                delta = F.linear(F.linear(xs, a.to(x.dtype)), b.to(x.dtype)) * group.scaling  # (m, L, out)
-                out = out.add_(delta) if rows is None else out.index_add_(0, rows, delta)
-        return out
+        return self._memo(("rows", id(requests), n), make)
 
-    def _prepare(self, gi: int, group: PairGroup, module, n: int, x: torch.Tensor):
-        """(rows, A sliced, B sliced, [(Λa, s·Λb) per group key]) for one site, or None."""
-        key = (gi, module.index, n, x.dim(), x.dtype)
-        if self._cache is not None and key in self._cache:
-            return self._cache[key]
-        site, keys = module.site, module.group_keys
-        pair = group.pair_of.get(site.modality)
-        if pair is None or keys[0] not in self.bank.lam_a:
-            prepared = None
-        else:
+    def group_slots(self, gi: int, group, n: int):
+        """(rows, slots of those rows or None (= slot 0), single) for group gi in an n-row batch;
+        single = every row of the group uses the same slot (then vectors are (1, ...))."""
+
+        def make():
             rows = self.rows_for(group.requests, n)
             slots = self.slots_for(n)
-            sl = slots if rows is None or slots is None else slots.index_select(0, rows)
-            scale = _gather(self.bank.scale, sl)[:, None]  # (m, 1)
-            vectors = [(per_row(_gather(self.bank.lam_a[k][:, : group.rank], sl).to(x.dtype), x.dim()),
-                        per_row((scale * _gather(self.bank.lam_b[k], sl)).to(x.dtype), x.dim())) for k in keys]
-            a, b = group.pairs[pair]
-            proj_out = site.out_features // 3 if site.proj == "qkv" else site.out_features
-            prepared = (rows, a[:, : site.in_features].to(x.dtype), b[:proj_out].to(x.dtype), vectors)
-        if self._cache is not None:
-            self._cache[key] = prepared
-        return prepared
+            if slots is None:
+                return rows, None, True
+            sl = slots if rows is None else slots.index_select(0, rows)
+            first = sl[:1]
+            if bool((sl == first).all()):
+                return rows, first, True
+            return rows, sl, False
 
-    # -- called by the fusion-block hooks -----------------------------------------------------
+        return self._memo(("gslots", gi, n), make)
+
+    def _gather(self, t: torch.Tensor, sl: torch.Tensor | None) -> torch.Tensor:
+        return t[:1] if sl is None else t.index_select(0, sl)
+
+    def _vectors(self, gi: int, group: PairGroup, n: int):
+        """Per row of the group: Λa (m, G, r) and s·Λb (m, G, D), m = rows or 1."""
+
+        def make():
+            rows, sl, single = self.group_slots(gi, group, n)
+            lam_a = self._gather(self.bank.lam_a, sl)[:, :, : group.rank]
+            slam_b = self._gather(self.bank.scale, sl)[:, None, None] * self._gather(self.bank.lam_b, sl)
+            return lam_a, slam_b
+
+        return self._memo(("vec", gi, n), make)
+
+    # -- called by AdaptedLinear --------------------------------------------------------------
+    def linear(self, module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        self._check()
+        n = x.shape[0]
+        for gi, group in enumerate(self.pair_groups):
+            prepared = self._memo(("site", gi, module.index, n, x.dtype), lambda: self._site(gi, group, module, n, x.dtype),
+                                  lambda p: 0 if p is None else p[2].numel() * p[2].element_size())
+            if prepared is None:
+                continue
+            rows, a, m = prepared
+            if rows is None:
+                apply_delta_(x, out, a, m)
+            else:
+                xs = x.index_select(0, rows)
+                out.index_add_(0, rows, apply_delta_(xs, torch.zeros_like(out[: rows.shape[0]]), a, m))
+        for group in self.matrix_groups:
+            if module.site_key not in group.weights:
+                continue
+            a, b = group.weights[module.site_key]
+            rows = self.rows_for(group.requests, n)
+            xs = x if rows is None else x.index_select(0, rows)
+            delta = F.linear(F.linear(xs, a.to(x.dtype)), b.to(x.dtype))  # (m, L, out)
+            out.add_(delta, alpha=group.scaling) if rows is None else out.index_add_(0, rows, delta, alpha=group.scaling)
+        return out
+
+    def _site(self, gi: int, group: PairGroup, module, n: int, dtype: torch.dtype):
+        """(rows, A sliced to the site, M (r, out) or (rows, r, out)) or None if the group
+        does not touch this site. Dims rule: A[:, :in], B[:proj_out] (vcra.config)."""
+        site = module.site
+        pair = group.pair_of.get(site.modality)
+        if pair is None or module.group_keys[0] not in self.bank.groups:
+            return None
+        rows, _, single = self.group_slots(gi, group, n)
+        lam_a, slam_b = self._vectors(gi, group, n)
+        a, b = group.pairs[pair]
+        proj_out = site.out_features // 3 if site.proj == "qkv" else site.out_features
+        b_t = b[:proj_out].t()  # (r, proj_out)
+        folded = []
+        for key in module.group_keys:
+            g = self.bank.groups[key]
+            folded.append(fold(lam_a[:, g], b_t, slam_b[:, g, :proj_out]))  # (m, r, proj_out)
+        if site.proj == "qkv":
+            q, kv = folded
+            m = torch.cat([q, kv, kv], dim=-1)  # [q; k; v]: key and value share their vectors
+        else:
+            m = folded[0]
+        m = (m[0] if single else m).to(dtype)
+        return rows, a[:, : site.in_features].to(dtype), m
+
+    # -- called by the fusion-block hooks ----------------------------------------------------
     def fusion_block(self, index: int, num_blocks: int, hidden_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         from adapters.qasn import side_network_step
 

@@ -68,11 +68,12 @@ class AdapterTable:
         blocks = len(backbone.text_encoder.encoder.layer) if backbone.text_encoder is not None else 0
         d = backbone.config.text_config.hidden_size
         self.bank = VectorBank(
-            lam_a={k: torch.zeros(rows, max_rank, **kw) for k in groups},
-            lam_b={k: torch.zeros(rows, w, **kw) for k, w in groups.items()},
+            groups={k: g for g, k in enumerate(groups)},
+            lam_a=torch.zeros(rows, len(groups), max_rank, **kw),
+            lam_b=torch.zeros(rows, len(groups), max(groups.values()), **kw),
             scale=torch.zeros(rows, **kw),
-            qasn={i: (torch.zeros(rows, max_rank, **kw), torch.zeros(rows, d, **kw), torch.zeros(rows, d, **kw),
-                      torch.zeros(rows, d, **kw)) for i in range(blocks)},
+            qasn=(torch.zeros(rows, blocks, max_rank, **kw), torch.zeros(rows, blocks, d, **kw),
+                  torch.zeros(rows, blocks, d, **kw), torch.zeros(rows, blocks, d, **kw)) if blocks else None,
         )
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # LRU order: oldest first
         self._free = list(range(capacity, 0, -1))  # pop() -> lowest free slot
@@ -98,9 +99,10 @@ class AdapterTable:
     @property
     def slot_nbytes(self) -> int:
         """Bank bytes one slot takes (whatever the adapter's size)."""
-        tensors = [*self.bank.lam_a.values(), *self.bank.lam_b.values(), self.bank.scale,
-                   *(t for ts in self.bank.qasn.values() for t in ts)]
-        return sum(t[0].numel() * t.element_size() for t in tensors)
+        return sum(t[0].numel() * t.element_size() for t in self._bank_tensors())
+
+    def _bank_tensors(self) -> list[torch.Tensor]:
+        return [self.bank.lam_a, self.bank.lam_b, self.bank.scale, *(self.bank.qasn or ())]
 
     def _slot(self, name: str) -> _Slot:
         if name not in self._slots:
@@ -137,8 +139,9 @@ class AdapterTable:
                 slot.qasn_pair = adapter.config.pair_of("cross") if adapter.config.qasn else None
                 pairs = {n: (a.detach().to(**kw), b.detach().to(**kw)) for n, (a, b) in adapter.pair.pairs().items()}
                 writes = _vector_writes(adapter)
-                unknown = [k for (where, k) in writes if where in ("lam_a", "lam_b") and k not in getattr(self.bank, where)]
-                if unknown or any(k[0] not in self.bank.qasn for (where, k) in writes if where == "qasn"):
+                unknown = [k for (where, k) in writes if where in ("lam_a", "lam_b") and k not in self.bank.groups]
+                blocks = 0 if self.bank.qasn is None else self.bank.qasn[0].shape[1]
+                if unknown or any(k[0] >= blocks for (where, k) in writes if where == "qasn"):
                     raise AdapterTableError(f"adapter {name!r} has vector groups this backbone lacks: {unknown[:3]}")
         if name in self._slots:
             slot.index = self._release(name)
@@ -186,17 +189,16 @@ class AdapterTable:
     def _write_slot(self, index: int, writes: dict) -> None:
         """Zero slot `index` everywhere, then write the adapter's vectors (in place)."""
         bank = self.bank
-        for t in [*bank.lam_a.values(), *bank.lam_b.values(), *(t for ts in bank.qasn.values() for t in ts)]:
+        for t in self._bank_tensors():
             t[index].zero_()
-        bank.scale[index] = 0
         for (where, key), value in writes.items():
             if where == "scale":
                 bank.scale[index] = value
             elif where == "qasn":
                 block, part = key
-                bank.qasn[block][part][index, : value.shape[0]] = value
+                bank.qasn[part][index, block, : value.shape[0]] = value
             else:
-                getattr(bank, where)[key][index, : value.shape[0]] = value
+                getattr(bank, where)[index, bank.groups[key], : value.shape[0]] = value
 
     # -- routing -------------------------------------------------------------------------
     def routing(self, names: list[str | None]) -> Routing:

@@ -120,13 +120,13 @@ def test_bad_file_is_refused_and_table_is_untouched(env, tmp_path, case):
     path, message = _bad_cases(env, tmp_path)[case]
     table = AdapterTable(bb, capacity=2, max_rank=4)
     table.load("keep", good)
-    before = (table.names(), table.generation, {k: v.clone() for k, v in table.bank.lam_b.items()})
+    before = (table.names(), table.generation, [t.clone() for t in table._bank_tensors()])
     with pytest.raises(AdapterFileError) as err:
         table.load("new", path)
     assert message in str(err.value), str(err.value)
     assert path.name in str(err.value)
     assert (table.names(), table.generation) == before[:2] and "new" not in table
-    assert all(torch.equal(table.bank.lam_b[k], v) for k, v in before[2].items())
+    assert all(torch.equal(t, b) for t, b in zip(table._bank_tensors(), before[2]))
     with pytest.raises(AdapterFileError):
         table.load("keep", path)  # a failed hot-swap keeps the old adapter
     assert table.names() == ["keep"]

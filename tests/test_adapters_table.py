@@ -23,11 +23,11 @@ def _adapter(bb, seed, kind="vcra", **kw):
 
 def test_insert_writes_in_place_and_allocates_nothing(bb):
     table = AdapterTable(bb, capacity=3, max_rank=4)
-    storage = {k: v.data_ptr() for k, v in table.bank.lam_b.items()}
+    storage = [t.data_ptr() for t in table._bank_tensors()]
     weights = {n: p.data_ptr() for n, p in bb.named_parameters()}
     for i in range(6):
         table.insert(f"a{i}", _adapter(bb, i))
-    assert {k: v.data_ptr() for k, v in table.bank.lam_b.items()} == storage
+    assert [t.data_ptr() for t in table._bank_tensors()] == storage
     assert {n: p.data_ptr() for n, p in bb.named_parameters()} == weights
     assert len(table) == 3 and table.names() == ["a3", "a4", "a5"]  # LRU evicted a0..a2
     assert torch.count_nonzero(table.bank.scale[0]) == 0  # slot 0 (frozen) never written

@@ -3,11 +3,9 @@ different adapter (and the shared pair draw).
 
     delta(x) = s * Λb ⊙ ( B ( Λa ⊙ (A x) ) )                        x: (n, L, d_in)
 
-Λa (r), Λb (d_out) and s arrive already gathered per row, shaped (m, r), (m, d_out)
-and (m,), where m is n (one vector set per row) or 1 (every row alike, a live
-training adapter). Whatever the number of distinct adapters, a projection costs the
-two matmuls with the shared A and B plus elementwise scaling; the fused vision qkv
-shares its A x between the q block and the k/v blocks.
+computed as (A x) M with M = diag(Λa) Bᵀ diag(s·Λb), folded once per call (per row
+when rows use different adapters): two matmuls per projection whatever the number
+of distinct adapters. The fused vision qkv folds [M_q | M_kv | M_kv] into one M.
 """
 
 from __future__ import annotations
@@ -35,35 +33,22 @@ def draw_pair(seed: int, pair: str, rank: int, d_in: int, d_out: int) -> tuple[t
     return a, b
 
 
-def per_row(t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """(m, k) -> (m, 1, ..., 1, k) to broadcast over the token axes of an ndim input."""
-    return t.reshape(t.shape[0], *([1] * (ndim - 2)), t.shape[-1])
+def fold(lam_a: torch.Tensor, b_t: torch.Tensor, slam_b: torch.Tensor) -> torch.Tensor:
+    """M = diag(Λa) Bᵀ diag(s·Λb): (m, r), (r, d_out), (m, d_out) -> (m, r, d_out).
+
+    Then delta(x) = (A x) M, so a projection costs two matmuls (A x, then M) whatever
+    the adapters: M is per row (batched matmul) when rows differ, one matrix when
+    they do not. Rows of the frozen slot have M = 0: an exact zero delta."""
+    return lam_a[:, :, None] * b_t[None] * slam_b[:, None, :]
 
 
-def vcra_delta_(site: Site, x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """out += s · Λb ⊙ (B (Λa ⊙ (A x))) in place, for `site`; returns out.
-
-    x (n, L, in), out (n, L, out). a (r, in) and b (proj_out, r) are the pair already
-    sliced to the site (dims rule) and cast to x's dtype. vectors: [(Λa, s·Λb)] shaped
-    (m, 1, r) and (m, 1, proj_out) with m = n or 1, one for q/k/v, two (q, kv) for the
-    fused vision qkv, whose out is [q; k; v] with k and v sharing the kv vectors.
-    In place is safe under autograd: a Linear's backward does not read its output."""
-    ax = F.linear(x, a)  # (n, L, r), shared by q and kv of a fused qkv
-    if site.proj != "qkv":
-        lam_a, slam_b = vectors[0]
-        return out.add_(F.linear(ax * lam_a, b) * slam_b)
-    (qa, qb), (kva, kvb) = vectors
-    out3 = out.unflatten(-1, (3, -1))  # (n, L, 3, h) view of out
-    out3[..., 0, :] += F.linear(ax * qa, b) * qb
-    out3[..., 1:, :] += (F.linear(ax * kva, b) * kvb).unsqueeze(-2)  # the same delta on k and v
+def apply_delta_(x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """out += (x Aᵀ) M in place. x (n, L, in), out (n, L, out), a (r, in); m (r, out) shared
+    by every row or (n, r, out) per row. In place is safe under autograd: a Linear's
+    backward does not read its output."""
+    ax = F.linear(x, a)  # (n, L, r)
+    if m.dim() == 2:
+        out.view(-1, out.shape[-1]).addmm_(ax.reshape(-1, ax.shape[-1]), m)
+    else:
+        out.baddbmm_(ax, m)
     return out
-
-
-def side_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lam_a: torch.Tensor,
-               lam_b: torch.Tensor) -> torch.Tensor:
-    """QASN's x w_i = Λb ⊙ (B (Λa ⊙ (A x))) on fusion states x (n, L, d): the VCRA
-    operator without s. lam_a (m, r), lam_b (m, d)."""
-    d = x.shape[-1]
-    u = F.linear(x, a[:, :d].to(x.dtype)) * per_row(lam_a.to(x.dtype), x.dim())
-    return F.linear(u, b[:d].to(x.dtype)) * per_row(lam_b.to(x.dtype), x.dim())

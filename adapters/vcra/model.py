@@ -15,6 +15,7 @@ Tensors (state-dict names, which are also the adapter file's tensor names):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adapters.injection import injected_sites
@@ -29,6 +30,12 @@ def layout_for(config: VcraConfig, backbone) -> VcraLayout:
     te = backbone.text_encoder
     blocks = len(te.encoder.layer) if te is not None else 0
     return VcraLayout.build(config, sites, blocks, backbone.config.text_config.hidden_size)
+
+
+def _stack_padded(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """(d_i,) vectors -> (G, max d_i), zero padded (groups of a vision width != text width)."""
+    width = max(v.shape[0] for v in vectors)
+    return torch.stack([v if v.shape[0] == width else F.pad(v, (0, width - v.shape[0])) for v in vectors])
 
 
 class PairStore(nn.Module):
@@ -96,13 +103,13 @@ class VcraAdapter(nn.Module):
     # -- the forward ------------------------------------------------------------------
     def routing(self) -> Routing:
         """Every row of the call uses this adapter's live parameters (gradients flow)."""
-        bank = VectorBank(
-            lam_a={k: p.unsqueeze(0) for k, p in self.lam_a.items()},
-            lam_b={k: p.unsqueeze(0) for k, p in self.lam_b.items()},
-            scale=self.scale.reshape(1),
-            qasn={int(i): (self.qasn_lam_a[i].unsqueeze(0), self.qasn_lam_b[i].unsqueeze(0),
-                           self.qasn_alpha[i].unsqueeze(0), self.qasn_beta[i].unsqueeze(0)) for i in self.qasn_lam_a},
-        )
+        bank = VectorBank(groups={k: g for g, k in enumerate(self.lam_a)},
+                          lam_a=torch.stack(list(self.lam_a.values())).unsqueeze(0),  # (1, G, r)
+                          lam_b=_stack_padded(list(self.lam_b.values())).unsqueeze(0),  # (1, G, D)
+                          scale=self.scale.reshape(1))
+        if self.config.qasn:
+            bank.qasn = tuple(torch.stack(list(store.values())).unsqueeze(0)  # (1, N, r | d)
+                              for store in (self.qasn_lam_a, self.qasn_lam_b, self.qasn_alpha, self.qasn_beta))
         group = PairGroup(self.pair.pairs(), self.pair_of(), self.config.rank, None,
                           self.config.pair_of("cross") if self.config.qasn else None)
         return Routing(None, bank, [group], [])
