@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Response
 
 from adapters.backbone import Backbone, BackboneSettings
 from server import admin, errors, routes
@@ -70,6 +70,32 @@ async def lifespan(app: FastAPI):
         torch.set_num_threads(threads)
 
 
+class ObserveMiddleware:
+    """Counts and times every HTTP request by route template (pure ASGI: no per-request task)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            label = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(label, str(status[0])).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(title="unitrans", version="0.1.0", lifespan=lifespan,
@@ -81,19 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(admin.router)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            label = getattr(route, "path", "unmatched")
-            app.state.metrics.requests.labels(label, str(status)).inc()
-            app.state.metrics.latency.labels(label).observe(time.perf_counter() - started)
+    app.add_middleware(ObserveMiddleware, metrics=app.state.metrics)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
