@@ -24,7 +24,6 @@ import io
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,27 +110,44 @@ def pct(values: list[float], q: float) -> float:
 
 
 # -- baseline -----------------------------------------------------------------------------
-def baseline(bb_dir: Path, images: list[bytes], n: int, budget: float, max_new_tokens: int) -> dict:
-    bb = Backbone.from_dirs(bb_dir)  # for the processor and the prompt, exactly as the server builds them
-    model = BlipForConditionalGeneration.from_pretrained(str(bb_dir)).eval()
-    # generate() swaps [CLS] for BOS and drops the trailing [SEP] itself: hand it the raw prompt
-    enc = bb.processor.tokenizer([tasks.CAPTION_PROMPT], return_tensors="pt")
-    prompt_len = enc.input_ids.shape[1] - 1
-    lat, texts, start = [], [], time.perf_counter()
-    with torch.inference_mode():
-        for i in range(n):
-            t0 = time.perf_counter()
-            pv = bb.processor.image_processor([Image.open(io.BytesIO(images[i % len(images)])).convert("RGB")],
-                                              return_tensors="pt").pixel_values
-            ids = model.generate(pixel_values=pv, input_ids=enc.input_ids.clone(), attention_mask=enc.attention_mask,
-                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-            lat.append(time.perf_counter() - t0)
-            if i < 4:
-                texts.append(bb.processor.tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True))
-            if time.perf_counter() - start > budget:
-                break
-    wall = time.perf_counter() - start
-    return {"n": len(lat), "rps": len(lat) / wall, "p50": pct(lat, 50), "p99": pct(lat, 99), "texts": texts}
+class Baseline:
+    """transformers' BlipForConditionalGeneration on the same weights, one image per generate call."""
+
+    def __init__(self, bb_dir: Path, images: list[bytes], max_new_tokens: int):
+        self.bb = Backbone.from_dirs(bb_dir)  # the processor the server uses
+        self.model = BlipForConditionalGeneration.from_pretrained(str(bb_dir)).eval()
+        # generate() swaps [CLS] for BOS and drops the trailing [SEP] itself: hand it the raw prompt
+        self.enc = self.bb.processor.tokenizer([tasks.CAPTION_PROMPT], return_tensors="pt")
+        self.images, self.max_new_tokens = images, max_new_tokens
+        self.lat: list[float] = []
+        self.wall = 0.0
+        self.segments: list[float] = []  # req/s of each segment: the machine's load drifts
+
+    def caption(self, i: int) -> str:
+        pv = self.bb.processor.image_processor([Image.open(io.BytesIO(self.images[i % len(self.images)])).convert("RGB")],
+                                               return_tensors="pt").pixel_values
+        ids = self.model.generate(pixel_values=pv, input_ids=self.enc.input_ids.clone(),
+                                  attention_mask=self.enc.attention_mask, max_new_tokens=self.max_new_tokens,
+                                  do_sample=False, num_beams=1)
+        return self.bb.processor.tokenizer.decode(ids[0, self.enc.input_ids.shape[1] - 1:], skip_special_tokens=True)
+
+    def segment(self, n: int, budget: float) -> None:
+        start, done = time.perf_counter(), 0
+        with torch.inference_mode():
+            for i in range(n):
+                t0 = time.perf_counter()
+                self.caption(len(self.lat))
+                self.lat.append(time.perf_counter() - t0)
+                done += 1
+                if time.perf_counter() - start > budget:
+                    break
+        wall = time.perf_counter() - start
+        self.wall += wall
+        self.segments.append(done / wall)
+
+    def summary(self) -> dict:
+        return {"n": len(self.lat), "rps": len(self.lat) / self.wall, "p50": pct(self.lat, 50),
+                "p99": pct(self.lat, 99)}
 
 
 # -- server -------------------------------------------------------------------------------
@@ -183,7 +199,7 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="closed-loop client counts")
     p.add_argument("--requests", type=int, default=256, help="max requests per level (x concurrency/32, min 32)")
-    p.add_argument("--baseline-requests", type=int, default=48, help="max one-at-a-time generate calls")
+    p.add_argument("--baseline-requests", type=int, default=64, help="one-at-a-time generate calls, split into segments run between the server levels")
     p.add_argument("--time-budget", type=float, default=45.0, help="seconds per level at most")
     p.add_argument("--max-new-tokens", type=int, default=20, help="caption length limit, same for both")
     p.add_argument("--max-batch-size", type=int, default=32, help="server batch limit")
@@ -202,26 +218,34 @@ def main(argv: list[str]) -> None:
           f"captions of {args.max_new_tokens} tokens; server batch <= {args.max_batch_size}, wait {args.max_wait_ms} ms",
           flush=True)
 
-    base = baseline(bb_dir, images, args.baseline_requests, args.time_budget, args.max_new_tokens)
-    print(f"baseline transformers generate, one at a time: {base['n']} calls, {base['rps']:.1f} req/s, "
-          f"p50 {base['p50'] * 1000:.0f} ms, p99 {base['p99'] * 1000:.0f} ms", flush=True)
+    base = Baseline(bb_dir, images, args.max_new_tokens)
+    seg = max(8, args.baseline_requests // (len(args.concurrency) + 1))
+    base.segment(2, 30)  # warm-up, then reset
+    base.lat, base.wall, base.segments = [], 0.0, []
 
     proc, url = start_server(bb_dir, adapters, work / "data", args)
     rows = []
     try:
-        with Client(url) as c:  # same weights: the server's frozen caption equals transformers' (sanity)
+        with Client(url) as c:  # same weights: the server's frozen caption is transformers' caption
             same = c.caption(images[0], adapter="none", max_new_tokens=args.max_new_tokens)["caption"]
-        print(f"server 'none' caption == transformers caption for image 0: {same == base['texts'][0].strip()}")
+        with torch.inference_mode():
+            print(f"server 'none' caption == transformers caption (image 0): {same == base.caption(0).strip()}")
         asyncio.run(load(url, images, names, 4, 8, 30, args.max_new_tokens))  # warm-up
         for conc in args.concurrency:
+            base.segment(seg, args.time_budget / 2)  # baseline segments interleaved with the server levels
             n = max(32, args.requests * conc // 32)
             r = asyncio.run(load(url, images, names, conc, n, args.time_budget, args.max_new_tokens))
             rows.append((conc, r))
             print(f"server c={conc:<3} {r['n']:4d} req  {r['rps']:7.1f} req/s  p50 {r['p50'] * 1000:7.0f} ms  "
-                  f"p99 {r['p99'] * 1000:7.0f} ms  x{r['rps'] / base['rps']:.1f} baseline", flush=True)
+                  f"p99 {r['p99'] * 1000:7.0f} ms   (baseline segment before it: {base.segments[-1]:.1f} req/s)",
+                  flush=True)
+        base.segment(seg, args.time_budget / 2)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+    base_s = base.summary()
+    print(f"baseline segments (req/s): {', '.join(f'{x:.1f}' for x in base.segments)}")
+    base = base_s
 
     print("\n| mode | concurrency | requests | req/s | p50 ms | p99 ms | vs baseline |")
     print("|---|---|---|---|---|---|---|")
