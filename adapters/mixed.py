@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from adapters.errors import AdapterTableError
 from adapters.routing import expand_rows
-from adapters.vcra.layer import apply_delta_, fold
+from adapters.vcra.layer import apply_delta_
 
 CACHE_BYTES = 256 * 2**20  # cap on folded per-row matrices one table routing keeps
 
@@ -142,16 +142,24 @@ class Routing:
     def _gather(self, t: torch.Tensor, sl: torch.Tensor | None) -> torch.Tensor:
         return t[:1] if sl is None else t.index_select(0, sl)
 
-    def _vectors(self, gi: int, group: PairGroup, n: int):
-        """Per row of the group: Λa (m, G, r) and s·Λb (m, G, D), m = rows or 1."""
+    def _folded(self, gi: int, group: PairGroup, n: int, pair: str, dtype: torch.dtype):
+        """M for every vector group read through `pair`, folded in one go:
+        ({group key: column j}, M (m, Gp, r, D)), m = rows of the group or 1."""
 
         def make():
-            rows, sl, single = self.group_slots(gi, group, n)
-            lam_a = self._gather(self.bank.lam_a, sl)[:, :, : group.rank]
-            slam_b = self._gather(self.bank.scale, sl)[:, None, None] * self._gather(self.bank.lam_b, sl)
-            return lam_a, slam_b
+            _, sl, _ = self.group_slots(gi, group, n)
+            keys = [k for k in self.bank.groups if group.pair_of.get(k.rsplit("_", 2)[0]) == pair]
+            cols = torch.tensor([self.bank.groups[k] for k in keys], device=self.bank.scale.device)
+            lam_a = self._gather(self.bank.lam_a, sl).index_select(1, cols)[..., : group.rank]  # (m, Gp, r)
+            slam_b = self._gather(self.bank.scale, sl)[:, None, None] * self._gather(self.bank.lam_b, sl).index_select(1, cols)
+            b = group.pairs[pair][1]
+            b_t = b.t()[:, : slam_b.shape[-1]]  # (r, D); groups narrower than D are zero beyond their width
+            if b_t.shape[1] < slam_b.shape[-1]:
+                slam_b = slam_b[..., : b_t.shape[1]]
+            m = lam_a[..., None] * b_t * slam_b[:, :, None, :]  # (m, Gp, r, D): diag(Λa) Bᵀ diag(s·Λb)
+            return {k: j for j, k in enumerate(keys)}, m.to(dtype)
 
-        return self._memo(("vec", gi, n), make)
+        return self._memo(("fold", gi, n, pair, dtype), make, lambda v: v[1].numel() * v[1].element_size())
 
     # -- called by AdaptedLinear --------------------------------------------------------------
     def linear(self, module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -186,21 +194,16 @@ class Routing:
         if pair is None or module.group_keys[0] not in self.bank.groups:
             return None
         rows, _, single = self.group_slots(gi, group, n)
-        lam_a, slam_b = self._vectors(gi, group, n)
-        a, b = group.pairs[pair]
+        cols, folded = self._folded(gi, group, n, pair, dtype)
         proj_out = site.out_features // 3 if site.proj == "qkv" else site.out_features
-        b_t = b[:proj_out].t()  # (r, proj_out)
-        folded = []
-        for key in module.group_keys:
-            g = self.bank.groups[key]
-            folded.append(fold(lam_a[:, g], b_t, slam_b[:, g, :proj_out]))  # (m, r, proj_out)
+        blocks = [folded[:, cols[key], :, :proj_out] for key in module.group_keys]  # (m, r, proj_out) each
         if site.proj == "qkv":
-            q, kv = folded
+            q, kv = blocks
             m = torch.cat([q, kv, kv], dim=-1)  # [q; k; v]: key and value share their vectors
         else:
-            m = folded[0]
-        m = (m[0] if single else m).to(dtype)
-        return rows, a[:, : site.in_features].to(dtype), m
+            m = blocks[0]
+        a = group.pairs[pair][0]
+        return rows, a[:, : site.in_features].to(dtype), (m[0] if single else m)
 
     # -- called by the fusion-block hooks ----------------------------------------------------
     def fusion_block(self, index: int, num_blocks: int, hidden_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
