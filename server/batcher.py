@@ -77,6 +77,9 @@ class Batcher:
             item.future.cancel()  # dropped if its batch has not started; ignored if it has
             self.metrics.rejected.labels(self.task, "timeout").inc()
             raise Timeout(f"the {self.task} request did not finish within {self.timeout_s:g} s") from None
+        except asyncio.CancelledError:  # the client went away: drop the item too
+            item.future.cancel()
+            raise
 
     # -- worker side --------------------------------------------------------------------
     def start(self) -> None:
@@ -136,7 +139,13 @@ class Batcher:
             self.metrics.queue_depth.labels(self.task).set(len(self._queue))
             if not batch:
                 continue
-            await self._run(loop, batch)
+            try:
+                await self._run(loop, batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must fail this batch, not stop the loop
+                log.exception("batcher %s failed to deliver a batch", self.task)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
 
     async def _run(self, loop, batch: list[Item]) -> None:
         rows = sum(i.rows for i in batch)

@@ -31,6 +31,7 @@ from server.registry import FROZEN, AdapterRegistry
 from server.settings import Settings
 
 DEFAULT_MAX_NEW_TOKENS = 30
+_SPLIT = object()
 
 
 @dataclass
@@ -120,23 +121,31 @@ class Engine:
         """Load adapters, drop items whose adapter failed, run `compute(items, routing)`;
         returns one result or exception per item."""
         failed = self.registry.prepare([r.adapter for r in items])
-        live = [r for r in items if r.adapter not in failed]
         out: dict[int, object] = {id(r): failed[r.adapter] for r in items if r.adapter in failed}
+        live = [r for r in items if r.adapter not in failed]
         if live:
-            names = [r.adapter for r in live for _ in range(r.n)]
             try:
-                groups = [(live, self.registry.routing(names))]
-            except AdapterTableError:  # more distinct adapters than slots: one call per adapter
-                groups = []
+                routing = self.registry.routing([r.adapter for r in live for _ in range(r.n)])
+            except AdapterTableError:
+                routing = _SPLIT  # more distinct adapters than free slots: an earlier load evicted one
+            if routing is not _SPLIT:
+                self._compute(live, routing, compute, out)
+            else:  # one call per adapter; each routing is built right before its call (loads change the table)
+                self.metrics.splits.inc()
                 for name in dict.fromkeys(r.adapter for r in live):
                     group = [r for r in live if r.adapter == name]
-                    self.registry.prepare([name])
-                    groups.append((group, self.registry.routing([name] * sum(r.n for r in group))))
-            for group, routing in groups:
-                with torch.inference_mode():
-                    results = compute(group, routing)
-                out.update((id(r), res) for r, res in zip(group, results, strict=True))
+                    error = self.registry.prepare([name]).get(name)
+                    if error is not None:
+                        out.update((id(r), error) for r in group)
+                        continue
+                    self._compute(group, self.registry.routing([name] * sum(r.n for r in group)), compute, out)
         return [out[id(r)] for r in items]
+
+    @staticmethod
+    def _compute(group: list[Rows], routing, compute, out: dict) -> None:
+        with torch.inference_mode():
+            results = compute(group, routing)
+        out.update((id(r), res) for r, res in zip(group, results, strict=True))
 
     def _stack(self, tensors) -> torch.Tensor:
         return torch.cat(tensors).to(self.bb.device, self.bb.dtype)

@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.errors import AdapterFileError, AdapterTableError, TaskUnavailableError, UnitransError
+
 log = logging.getLogger("unitrans.server")
 
 
@@ -66,6 +68,10 @@ class Overloaded(ApiError):
     status, type = 503, "overloaded"
 
 
+class TableFull(ApiError):
+    status, type = 503, "adapter_table_full"
+
+
 class NotReady(ApiError):
     status, type = 503, "not_ready"
 
@@ -90,6 +96,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return JSONResponse(error_body(exc.type, exc.message), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(UnitransError)
+    async def _library_error(request: Request, exc: UnitransError):
+        # expected errors of the model library that reached a route (most are mapped where raised)
+        status, kind = {AdapterFileError: (422, "adapter_file"), AdapterTableError: (503, "adapter_table"),
+                        TaskUnavailableError: (501, "task_unavailable")}.get(type(exc), (500, "model_error"))
+        if status == 500:
+            log.error("model library error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body(kind, str(exc)), status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -7,6 +7,7 @@
     unitrans_queue_depth{task}                      requests waiting for a batch
     unitrans_rejected_total{task, reason}           503s (queue full) and timeouts
     unitrans_adapter_requests_total{task, adapter}  rows served per adapter
+    unitrans_batch_splits_total                     batches run adapter by adapter (table too small)
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Metrics:
                                 registry=r)
         self.adapter_rows = Counter("unitrans_adapter_requests", "rows served per adapter", ["task", "adapter"],
                                     registry=r)
+
+        self.splits = Counter("unitrans_batch_splits", "batches run adapter by adapter: more distinct adapters "
+                              "than free table slots", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

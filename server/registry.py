@@ -24,7 +24,7 @@ from pathlib import Path
 
 from adapters import AdapterTable, read_adapter_meta
 from adapters.errors import AdapterFileError, AdapterTableError
-from server.errors import NotFound, Unprocessable, WrongTask
+from server.errors import NotFound, TableFull, Unprocessable, WrongTask
 from server.schemas import NAME_PATTERN
 from server.settings import TASKS, Settings
 
@@ -154,8 +154,8 @@ class AdapterRegistry:
                 self.table.pin(name, bool(pin) if pin is not None else was_pinned)
         except AdapterFileError as exc:
             raise Unprocessable(str(exc)) from None
-        except AdapterTableError as exc:
-            raise Unprocessable(f"cannot load adapter {name!r}: {exc}") from None
+        except AdapterTableError as exc:  # full with every adapter pinned, rank over the table's maximum, ...
+            raise TableFull(f"cannot load adapter {name!r}: {exc}") from None
         finally:
             self._refresh()
         self._loaded = {**self._loaded, name: Loaded(meta, self.table.pinned(name), version)}
@@ -178,7 +178,7 @@ class AdapterRegistry:
                 continue
             try:
                 meta = self.load(name, pin=True)
-            except (NotFound, Unprocessable) as exc:
+            except (NotFound, Unprocessable, TableFull) as exc:
                 log.warning("default %s adapter %r not loaded: %s", task, name, exc.message)
                 continue
             if meta.task != task:
@@ -193,7 +193,7 @@ class AdapterRegistry:
             if name not in self.table:
                 try:
                     self.load(name)
-                except (NotFound, Unprocessable) as exc:
+                except (NotFound, Unprocessable, TableFull) as exc:
                     failed[name] = exc
         return failed
 

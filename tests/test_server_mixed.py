@@ -72,3 +72,33 @@ def test_concurrent_mixed_adapters_match_one_by_one():
               for m in re.finditer(r'unitrans_batch_size_count\{task="(\w+)"\} (\S+)', metrics)}
     assert sums["caption"] / counts["caption"] > 1.2, (sums, counts)
     assert sums["vqa"] / counts["vqa"] > 1.2, (sums, counts)
+
+
+def test_more_adapters_in_a_batch_than_table_slots():
+    """4 slots, 3 pinned by the task defaults: a batch naming caption-b and caption-lora
+    (one free slot for two) runs adapter by adapter, with the same answers."""
+    imgs = images(6, seed=5)
+    names = ["caption", "caption-b", "caption-lora", "none"]
+    reqs = [dict(image=im, adapter=names[i % 4]) for i, im in enumerate(imgs)] * 2
+    with running_server(adapter_capacity=4, max_wait_ms=60) as url:
+        with Client(url) as c:
+            alone = [c.caption(**kw) for kw in reqs]
+
+        async def together():
+            async with AsyncClient(url) as ac:
+                return await asyncio.gather(*(ac.caption(**kw) for kw in reqs))
+
+        assert asyncio.run(together()) == alone
+        with Client(url) as c:
+            splits = re.search(r"^unitrans_batch_splits_total (\S+)", c.metrics(), re.M)
+        assert float(splits.group(1)) > 0
+
+
+def test_full_table_of_pinned_adapters_is_a_503_and_serving_goes_on():
+    with running_server(adapter_capacity=3) as url, Client(url) as c:  # the three pinned defaults fill it
+        from client import OverloadedError
+
+        with pytest.raises(OverloadedError) as exc:
+            c.caption(images(1)[0], adapter="caption-b")
+        assert exc.value.type == "adapter_table_full" and "pinned" in exc.value.message
+        assert c.caption(images(1)[0])["adapter"] == "caption"
