@@ -43,7 +43,7 @@ def test_health_ready_metrics_docs(c, url):
     assert ready["ready"] and ready["tasks"] == ["caption", "retrieve", "vqa"] and len(ready["fingerprint"]) == 16
     c.caption(IMGS[0])
     metrics = c.metrics()
-    for name in ("unitrans_requests_total", "unitrans_request_seconds_bucket", "unitrans_batch_size_bucket",
+    for name in ('unitrans_requests_total{route="/caption",status="200"}', "unitrans_request_seconds_bucket", "unitrans_batch_size_bucket",
                  "unitrans_queue_depth", 'unitrans_adapter_requests_total{adapter="caption",task="caption"}'):
         assert name in metrics, name
     assert httpx.get(url + "/docs", timeout=10).status_code == 200
