@@ -166,8 +166,11 @@ class Routing:
         self._check()
         n = x.shape[0]
         for gi, group in enumerate(self.pair_groups):
-            prepared = self._memo(("site", gi, module.index, n, x.dtype), lambda: self._site(gi, group, module, n, x.dtype),
-                                  lambda p: 0 if p is None else p[2].numel() * p[2].element_size())
+            key = ("site", gi, module.index, n, x.dtype)
+            prepared = self._cache.get(key, False) if self._cache is not None else False
+            if prepared is False:
+                prepared = self._memo(key, lambda: self._site(gi, group, module, n, x.dtype),
+                                      lambda p: 0 if p is None else p[2].numel() * p[2].element_size())
             if prepared is None:
                 continue
             rows, a, m = prepared

@@ -6,9 +6,14 @@
 Both models are random (timing does not depend on the weights): "small" is the
 shipped default's size (hidden 128, 4 layers, 64 px), "base" is BlipConfig()
 defaults (BLIP-base: 224M params, 384 px). For each: ITM and greedy captioning of a
-batch of 8, through the frozen backbone, one VCRA adapter on every row, 8 distinct
-VCRA adapters (one per row, shared pair), the same for our LoRA and for peft's LoRA
-(`adapter_names` mixed batch). Variants run round-robin; medians are reported.
+batch of 8, through the frozen backbone, one VCRA adapter (task vqa: every modality,
+QASN on) on every row, 8 distinct VCRA adapters (one per row, shared pair), the same
+for our LoRA and for peft's LoRA (`adapter_names` mixed batch).
+
+Timing is CPU time of the calling thread with torch on ONE thread: the machines this
+runs on are shared, and wall time under contention swings by 2x while thread CPU
+time stays within a few percent. Variants run round-robin; the minimum over rounds
+is reported (the least-disturbed run), the median beside it in the raw table.
 Targets: VCRA overhead <= 5%, 8-distinct / single throughput >= 0.95, load <= 10 ms.
 """
 
@@ -113,20 +118,23 @@ def bench_size(size: str, iters: int, batch: int, rank: int, tokens: int) -> dic
     }
     times = {(w, v): [] for w in workloads for v in variants}
     steps = (iters + 1) * len(workloads) * len(variants)
+    if iters == 1:
+        steps -= len(workloads) * len(variants)
     with torch.inference_mode(), tqdm(total=steps, desc=f"{size}", file=sys.stderr, leave=False) as bar:
-        for it in range(iters + 1):  # iteration 0 warms up
+        for it in range(iters + 1 if iters > 1 else 1):  # iteration 0 warms up (not with a single round)
             for w, fn in workloads.items():
                 for v, (model, names, peft_names) in variants.items():
-                    start = time.perf_counter()
+                    start = time.thread_time()
                     if peft_names is not None:
                         with peft._enable_peft_forward_hooks(adapter_names=peft_names):
                             fn(model, None)
                     else:
                         fn(model, table.routing(names) if names else None)
-                    if it:
-                        times[(w, v)].append(time.perf_counter() - start)
+                    if it or iters == 1:
+                        times[(w, v)].append(time.thread_time() - start)
                     bar.update()
-    out["times"] = {k: statistics.median(v) for k, v in times.items()}
+    out["times"] = {k: min(v) for k, v in times.items()}
+    out["median"] = {k: statistics.median(v) for k, v in times.items()}
 
     with tempfile.TemporaryDirectory() as tmp:
         files = {
@@ -148,7 +156,7 @@ def bench_size(size: str, iters: int, batch: int, rank: int, tokens: int) -> dic
                 start = time.perf_counter()
                 fn()
                 laps[name].append(time.perf_counter() - start)
-        out["load_ms"] = {k: 1e3 * statistics.median(v) for k, v in laps.items()}
+        out["load_ms"] = {k: (1e3 * min(v), 1e3 * statistics.median(v)) for k, v in laps.items()}
 
     del peft, peft_bb, frozen
     before = rss_mb()
@@ -165,16 +173,16 @@ def bench_size(size: str, iters: int, batch: int, rank: int, tokens: int) -> dic
 
 def report(results: dict, batch: int) -> None:
     sizes = list(results)
-    col = 22
+    col = 24
     head = lambda title: print(f"\n{title:<44}" + "".join(f"{s:>{col}}" for s in sizes))  # noqa: E731
     row = lambda label, cells: print(f"{label:<44}" + "".join(f"{c:>{col}}" for c in cells))  # noqa: E731
     head("model")
     row("parameters (M)", [f"{results[s]['params_M']:.1f}" for s in sizes])
     for w in ("itm", "caption"):
-        head(f"{w}, batch {batch}: median seconds")
+        head(f"{w}, batch {batch}: CPU s, min (median)")
         for v in next(iter(results.values()))["times"]:
             if v[0] == w:
-                row(f"  {v[1]}", [f"{results[s]['times'][v]:.4f}" for s in sizes])
+                row(f"  {v[1]}", [f"{results[s]['times'][v]:.4f} ({results[s]['median'][v]:.4f})" for s in sizes])
         t = lambda s, v: results[s]["times"][(w, v)]  # noqa: E731
         head(f"{w}: ratios")
         row("  vcra x1 / frozen (overhead; target <= 1.05)", [f"{t(s, 'vcra x1') / t(s, 'frozen'):.3f}" for s in sizes])
@@ -183,9 +191,10 @@ def report(results: dict, batch: int) -> None:
         row("  lora ours: x8 / x1 throughput", [f"{t(s, 'lora x1 (ours)') / t(s, 'lora x8 (ours)'):.3f}" for s in sizes])
         row("  lora peft: x8 / x1 throughput", [f"{t(s, 'lora x1 (peft)') / t(s, 'lora x8 (peft)'):.3f}" for s in sizes])
         row("  lora x8 peft / vcra x8 (time)", [f"{t(s, 'lora x8 (peft)') / t(s, 'vcra x8'):.3f}" for s in sizes])
-    head("loading one VCRA file (median of 20, ms)")
+    head("loading one VCRA file: wall ms, min (median) of 20")
     for k in ("read_adapter_meta", "load_adapter", "table.load"):
-        row(f"  {k}" + (" (target <= 10)" if k == "table.load" else ""), [f"{results[s]['load_ms'][k]:.2f}" for s in sizes])
+        row(f"  {k}" + (" (target <= 10)" if k == "table.load" else ""),
+            [f"{results[s]['load_ms'][k][0]:.2f} ({results[s]['load_ms'][k][1]:.2f})" for s in sizes])
     head("bytes per adapter")
     for k in next(iter(results.values()))["file_bytes"]:
         row(f"  file: {k}", [f"{results[s]['file_bytes'][k]:,}" for s in sizes])
@@ -200,13 +209,14 @@ def report(results: dict, batch: int) -> None:
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="small,base", help="comma list of small, base")
-    p.add_argument("--iters", type=int, default=7, help="timed iterations on the small model (plus one warm-up)")
-    p.add_argument("--iters-base", type=int, default=2, help="timed iterations on BLIP-base (~10 s per round)")
+    p.add_argument("--iters", type=int, default=15, help="timed rounds on the small model (plus one warm-up)")
+    p.add_argument("--iters-base", type=int, default=1,
+                   help="timed rounds on BLIP-base (~15 CPU s per call; 1 = no warm-up round)")
     p.add_argument("--batch", type=int, default=8, help="rows per batch (= distinct adapters in the x8 runs)")
     p.add_argument("--rank", type=int, default=8, help="adapter rank")
     p.add_argument("--tokens", type=int, default=5, help="caption tokens generated (fixed length)")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # thread CPU time is the measure (see module docstring)
     results = {}
     for size in args.sizes.split(","):
         iters = args.iters if size == "small" else args.iters_base
