@@ -119,7 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The model is loaded and the batchers run (503 until then)."""
         return Ready(ready=True, backbone=", ".join(str(d.name) for d in svc.settings.backbone_dirs()),
                      fingerprint=svc.backbone.fingerprint, tasks=sorted(svc.backbone.tasks),
-                     adapters_loaded=len(svc.registry.loaded))
+                     adapters_loaded=len(svc.registry.loaded),
+                     defaults={t: svc.registry.default_name(t) or "none" for t in sorted(svc.backbone.tasks)})
 
     @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)])
     async def metrics() -> Response:

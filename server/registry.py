@@ -11,8 +11,8 @@ file headers (cached by size and mtime) to check a name exists and fits the task
 
 A name with a file in the adapter directory is served even when not loaded: the
 first batch naming it loads it (LRU-evicting an unpinned adapter when full).
-`none` is the frozen backbone. No name = the task's default adapter when its file
-exists or it is loaded, else the frozen backbone.
+`none` is the frozen backbone. No name = the task's default adapter when it is usable
+(its file fits this task and backbone), else the frozen backbone.
 """
 
 from __future__ import annotations
@@ -103,12 +103,20 @@ class AdapterRegistry:
 
     # -- event loop side --------------------------------------------------------------------
     def default_name(self, task: str) -> str | None:
+        """The task's default adapter if it is usable here (loaded, or a readable file of this
+        task made for this backbone), else None: the frozen backbone. So serving another
+        backbone (a real BLIP) with the shipped adapter directory falls back to frozen
+        instead of failing every request; a named adapter still gets its 404/422."""
         name = self.settings.default_adapter(task)
         if name == FROZEN:
             return None
-        if name in self._loaded or self.header(name) is not None:
-            return name
-        return None
+        entry = self._loaded.get(name)
+        meta = entry.meta if entry else self.header(name)
+        if meta is None or isinstance(meta, AdapterFileError):
+            return None
+        if meta.task != task or meta.backbone_fingerprint != self.backbone.fingerprint:
+            return None
+        return name
 
     def resolve(self, task: str, name: str | None) -> str | None:
         """The adapter a request runs with (None = frozen), or 404 / 422."""

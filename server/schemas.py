@@ -164,3 +164,4 @@ class Ready(BaseModel):
     fingerprint: str
     tasks: list[str]
     adapters_loaded: int
+    defaults: dict[str, str] = Field(..., description="adapter each task uses when a request names none")
