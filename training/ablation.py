@@ -74,6 +74,9 @@ def _fmt(n: int) -> str:
 
 
 def write_markdown(results: list[dict], args, path: Path, plot: Path, wall: float) -> None:
+    from adapters.backbone import Backbone
+
+    vocab = vocabulary_gap(args.world, Backbone.from_dirs(args.backbone).processor)
     lines = [f"| method | {' | '.join(f'{t}: {METRIC_NAME[t]} / trainable (paper Θ)' for t in args.tasks)} |",
              "|---|" + "---|" * len(args.tasks)]
     for row, _, _ in ROWS:
@@ -93,7 +96,10 @@ def write_markdown(results: list[dict], args, path: Path, plot: Path, wall: floa
             f"Budget: {budget}. Summed wall time of the runs: {wall / 60:.1f} min on this machine.", "",
             "Cells: main metric on the test split / trainable parameters (the paper's Θ, which also counts "
             "VCRA's frozen seeded A, B).", "", *lines, "", f"![metric vs trainable parameters]({plot.name})", "",
-            "## Acceptance check (computed)", "", *acceptance(results, args.tasks), ""]
+            "## Acceptance check (computed)", "", *acceptance(results, args.tasks), "",
+            "## Parameter counts against rank (computed on this backbone, no training)", "",
+            *param_table(args.backbone, args.tasks), "",
+            "## Words the frozen decoder never produced in pretraining (computed)", "", *vocab, ""]
     old = path.read_text() if path.exists() else ""
     kept = old[old.index(ANALYSIS):] if ANALYSIS in old else ANALYSIS + "\n"
     path.write_text("\n".join(text) + "\n" + kept)
@@ -149,6 +155,44 @@ def write_plot(results: list[dict], tasks, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def param_table(backbone_dir: str, tasks, ranks=(4, 8, 16, 32)) -> list[str]:
+    """Trainable parameters of each kind per task and rank on this backbone (no training),
+    and VCRA+QASN as a share of LoRA at equal rank (trainable; paper Θ in brackets)."""
+    from adapters.backbone import Backbone
+    from training import adapters_io
+
+    out = ["| task | rank | LoRA | VeRA (no sharing) | VCRA | VCRA+QASN | VCRA+QASN / LoRA |",
+           "|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        for rank in ranks:
+            counts = {}
+            for kind in ("lora", "vera", "vcra", "vcra-qasn"):
+                bb = Backbone.from_dirs(backbone_dir)  # fresh: creating an adapter injects wrappers
+                a = adapters_io.new_adapter(kind, bb, task=task, rank=rank, seed=0)
+                counts[kind] = (adapters_io.trainable_count(a), adapters_io.paper_count(a))
+            (lo, _), ours = counts["lora"], counts["vcra-qasn"]
+            cells = " | ".join(f"{_fmt(t)} ({_fmt(p)})" if t != p else _fmt(t) for t, p in counts.values())
+            out.append(f"| {task} | {rank} | {cells} | {100 * ours[0] / lo:.1f}% ({100 * ours[1] / lo:.1f}%) |")
+    return out
+
+
+def vocabulary_gap(world: str, processor) -> list[str]:
+    """Share of each downstream task's target tokens (caption words, answers) that the
+    pretraining captions never contain: the frozen decoder has never emitted them."""
+    tok = processor.tokenizer
+    seen: set[int] = set()
+    for e in json.loads(Path(world, "pretrain_train.json").read_text()):
+        seen.update(tok(e["caption"], add_special_tokens=False).input_ids)
+    out = ["| task | target tokens never in a pretraining caption | e.g. |", "|---|---|---|"]
+    for task, texts in (("caption", [e["caption"] for e in json.loads(Path(world, "caption_train.json").read_text())]),
+                        ("vqa", [a for e in json.loads(Path(world, "vqa_train.json").read_text()) for a in e["answer"]])):
+        ids = [i for t in texts for i in tok(t, add_special_tokens=False).input_ids]
+        unseen = [i for i in ids if i not in seen]
+        words = sorted({tok.convert_ids_to_tokens(i) for i in unseen})[:8]
+        out.append(f"| {task} | {100 * len(unseen) / max(1, len(ids)):.1f}% of {len(ids)} | {', '.join(words)} |")
+    return out
+
+
 def _per_task(values: list[int], tasks) -> dict[str, int]:
     return dict(zip(tasks, values if len(values) == len(tasks) else values * len(tasks)))
 
@@ -161,7 +205,7 @@ def main(argv: list[str]) -> list[dict]:
     p.add_argument("--results", default="docs/results.md", help="markdown table to write (plot: same name .png)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks to run")
     p.add_argument("--rows", nargs="+", default=None, help="only these row names (default: all)")
-    p.add_argument("--rank", type=int, default=8, help="rank of every low-rank method")
+    p.add_argument("--rank", type=int, default=16, help="rank of every low-rank method")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
     p.add_argument("--epochs", type=int, default=1, help="epochs per run")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per run")

@@ -33,7 +33,7 @@ from training.data import DATASETS, load_json
 from training.evaluate import MAIN_METRIC, evaluate
 from training.loop import LoopConfig, train
 
-DEFAULT_LR = {"full": 1e-4, "lora": 1e-3, "vera": 1e-2, "vcra": 1e-2, "vcra-qasn": 1e-2}  # vectors need larger steps
+DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "vera": 2e-2, "vcra": 2e-2, "vcra-qasn": 2e-2}  # vectors need larger steps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", required=True, help="validation annotations, evaluated after training")
     p.add_argument("--image-root", required=True, help="directory the JSONs' image paths are relative to")
     p.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
-    p.add_argument("--rank", type=int, default=8, help="low rank r of the A/B matrices (VCRA, VeRA, LoRA)")
+    p.add_argument("--rank", type=int, default=16, help="low rank r of the A/B matrices (VCRA, VeRA, LoRA)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default per kind: {DEFAULT_LR})")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per process")
