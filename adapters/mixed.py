@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from adapters.errors import AdapterTableError
 from adapters.routing import expand_rows
-from adapters.vcra.layer import apply_delta_
+from adapters.vcra.layer import apply_delta_, fold
 
 CACHE_BYTES = 256 * 2**20  # cap on folded per-row matrices one table routing keeps
 
@@ -196,10 +196,17 @@ class Routing:
         pair = group.pair_of.get(site.modality)
         if pair is None or module.group_keys[0] not in self.bank.groups:
             return None
-        rows, _, single = self.group_slots(gi, group, n)
-        cols, folded = self._folded(gi, group, n, pair, dtype)
+        rows, sl, single = self.group_slots(gi, group, n)
         proj_out = site.out_features // 3 if site.proj == "qkv" else site.out_features
-        blocks = [folded[:, cols[key], :, :proj_out] for key in module.group_keys]  # (m, r, proj_out) each
+        if self._cache is not None:  # table routing: fold every group of the pair once, slice here
+            cols, folded = self._folded(gi, group, n, pair, dtype)
+            blocks = [folded[:, cols[key], :, :proj_out] for key in module.group_keys]  # (m, r, proj_out) each
+        else:  # live routing (training): fold just this site's groups; autograd keeps (r, out) per site
+            b_t = group.pairs[pair][1][:proj_out].t()
+            scale = self._gather(self.bank.scale, sl)[:, None]
+            blocks = [fold(self._gather(self.bank.lam_a, sl)[:, self.bank.groups[key], : group.rank], b_t,
+                           scale * self._gather(self.bank.lam_b, sl)[:, self.bank.groups[key], :proj_out]).to(dtype)
+                      for key in module.group_keys]
         if site.proj == "qkv":
             q, kv = blocks
             m = torch.cat([q, kv, kv], dim=-1)  # [q; k; v]: key and value share their vectors
