@@ -34,6 +34,8 @@ API (exact signatures):
         .load(name, path) -> AdapterMeta     .insert(name, adapter) -> AdapterMeta
         .evict(name)   .pin(name, pinned=True)   name in table   .names() -> list[str]
         .meta(name) -> AdapterMeta   .routing(names: list[str | None]) -> Routing   len(table)
+        .pinned(name) -> bool   .slot_nbytes   .generation (bumped by every mutation)
+        A routing is valid until the table next changes (a stale one raises AdapterTableError).
     AdapterMeta: kind task rank seed train_ab targets options trainable_params nbytes
                  backbone_fingerprint format_version recipe created path
     Errors (adapters.errors): AdapterFileError (bad file), AdapterTableError (unknown name, full
