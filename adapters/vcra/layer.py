@@ -15,7 +15,6 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from adapters.sites import Site
 
 
 def pair_generator_seed(seed: int, pair: str) -> int:
