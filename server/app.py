@@ -12,6 +12,7 @@ process runs, /readyz once all that is done.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import Depends, FastAPI, Response
+from starlette.requests import ClientDisconnect
 
 from adapters.backbone import Backbone, BackboneSettings
 from server import admin, errors, routes
@@ -96,6 +98,50 @@ class ObserveMiddleware:
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
+class BodyLimitMiddleware:
+    """413 for bodies over `max_bytes`: from Content-Length up front, else counted as they stream."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(send)
+        seen, answered = 0, False
+
+        async def counted():
+            nonlocal seen, answered
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                if not answered:
+                    answered = True
+                    await self._too_large(send)
+                raise ClientDisconnect()  # the app stops reading; whatever it answers is dropped below
+            return message
+
+        async def guarded(message):
+            if not answered:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except ClientDisconnect:
+            if not answered:
+                raise
+
+    async def _too_large(self, send):
+        body = json.dumps(errors.error_body("payload_too_large",
+                                            f"request body is over the limit of {self.max_bytes} bytes")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(title="unitrans", version="0.1.0", lifespan=lifespan,
@@ -107,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(admin.router)
 
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ObserveMiddleware, metrics=app.state.metrics)
 
     @app.get("/healthz", tags=["health"])

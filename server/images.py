@@ -1,6 +1,6 @@
 """Image bytes -> a validated RGB `PIL.Image`, or a typed error saying what was wrong.
 
-Accepted: PNG, JPEG, GIF (first frame), BMP, WebP, TIFF. Every mode is converted to
+Accepted: PNG, JPEG (and camera MPO), GIF (first frame), BMP, WebP, TIFF. Every mode is converted to
 RGB: 1, L, P, RGB, CMYK, YCbCr, LAB, HSV directly; modes with alpha (RGBA, LA, PA,
 P with transparency) composited on white; 16-bit and 32-bit grey (I;16*, I, F)
 rescaled to 8 bits first, since PIL's own conversion clips them to white.
@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.errors import InvalidImage, PayloadTooLarge
 
-FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG covers cameras' multi-picture MPO files
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 

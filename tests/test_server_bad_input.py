@@ -91,6 +91,8 @@ CASES = [
      "unprocessable"),
     ("bad image among inline images", "POST", "/retrieve", {"text": "a", "images": [{"id": "a", "image": "!!"}]},
      400, "invalid_image"),
+    ("body over the request limit", "POST", "/retrieve", {"text": "x" * 1_500_000, "gallery": "g"}, 413,
+     "payload_too_large"),
     ("bad JSON to a typed route", "POST", "/retrieve", b"{not json", 422, "validation_error"),
     ("gallery with a path-like name", "POST", "/galleries", {"name": "../../tmp/x"}, 422, "validation_error"),
     ("add items to an unknown gallery", "POST", "/galleries/nope/items", {"items": [{"id": "a", "image": B64}]},
@@ -102,7 +104,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def url():
-    with running_server(max_image_bytes=200_000, max_image_pixels=4_000_000, max_top_k=50) as u:
+    with running_server(max_image_bytes=200_000, max_image_pixels=4_000_000, max_top_k=50,
+                        max_request_bytes=1_000_000) as u:
         yield u
 
 
@@ -165,3 +168,17 @@ def test_every_image_mode_is_converted(url, mode):
     with Client(url) as c:
         out = c.caption(data, adapter="none")
     assert isinstance(out["caption"], str)
+
+
+@pytest.mark.parametrize("path", ["/retrieve", "/caption"])
+def test_streamed_body_over_the_limit_is_413(url, path):
+    """No Content-Length (chunked): the body is counted as it arrives."""
+    def body():
+        yield b'{"text": "'
+        for _ in range(15):
+            yield b"x" * 100_000
+        yield b'", "gallery": "g"}'
+
+    r = httpx.post(url + path, content=body(), headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+    assert httpx.get(url + "/healthz", timeout=30).json() == {"status": "ok"}
