@@ -59,6 +59,7 @@ class Vectors:
     fingerprint: str
     index: object = None  # faiss index over the gallery's rows in item order, built on demand
     index_key: tuple = ()  # the item keys it was built for
+    aligned: tuple | None = None  # (items list, matrix rows in its order); items lists are replaced, never mutated
 
     def rows(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -104,11 +105,18 @@ class Gallery:
         return [it for it in self.items if it["key"] not in have]
 
     def matrix(self, adapter: str, version: str, fingerprint: str) -> tuple[list[dict], np.ndarray]:
-        """Items and their vectors, row-aligned (every item must have one: see `missing`)."""
+        """Items and their vectors, row-aligned (every item must have one: see `missing`).
+        Cached until the items or the adapter's vectors change."""
+        items = self.items
         vec = self.load_vectors(adapter, version, fingerprint)
+        if vec is not None and vec.aligned is not None and vec.aligned[0] is items:
+            return items, vec.aligned[1]
         rows = vec.rows() if vec else {}
-        order = [rows[it["key"]] for it in self.items]
-        return self.items, vec.matrix[order] if order else np.zeros((0, 0), np.float32)
+        order = [rows[it["key"]] for it in items]
+        aligned = vec.matrix[order] if order else np.zeros((0, 0), np.float32)
+        if vec is not None:
+            vec.aligned = (items, aligned)
+        return items, aligned
 
     # -- writing ---------------------------------------------------------------------------
     def _write_manifest(self) -> None:

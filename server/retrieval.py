@@ -78,8 +78,9 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             gallery = open_gallery(svc, req.gallery, "image")
             async with svc.lock(gallery.name):
                 await gallery_vectors(svc, gallery, adapter)
-                found = svc.galleries.search(gallery, adapter or FROZEN, svc.registry.version(adapter),
-                                             svc.backbone.fingerprint, query, req.top_k)
+                found = await run_in_threadpool(svc.galleries.search, gallery, adapter or FROZEN,
+                                                svc.registry.version(adapter), svc.backbone.fingerprint, query,
+                                                req.top_k)
                 blobs = await run_in_threadpool(lambda: [gallery.blob(it) for it, _ in found])
             images = await run_in_threadpool(lambda: [_png(b) for b in blobs])
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
@@ -102,8 +103,9 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             gallery = open_gallery(svc, req.gallery, "text")
             async with svc.lock(gallery.name):
                 await gallery_vectors(svc, gallery, adapter)
-                found = svc.galleries.search(gallery, adapter or FROZEN, svc.registry.version(adapter),
-                                             svc.backbone.fingerprint, query, req.top_k)
+                found = await run_in_threadpool(svc.galleries.search, gallery, adapter or FROZEN,
+                                                svc.registry.version(adapter), svc.backbone.fingerprint, query,
+                                                req.top_k)
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
             texts = [it["text"] for it, _ in found]
         else:
