@@ -95,9 +95,17 @@ class Engine:
         rows = Rows(adapter, pixels=pixels, ids=ids, candidates=candidates)
         return await self._submit("vqa", rows, ("rank", ids.shape[1]))
 
-    async def _chunked(self, batcher: str, n: int, make) -> np.ndarray:
+    async def _chunked(self, batcher: str, n: int, make, window: int = 2) -> np.ndarray:
+        """Rows in chunks of max_batch_size, at most `window` in the queue at once (a big
+        gallery must not fill the queue other requests need)."""
         step = self.settings.max_batch_size
-        parts = await asyncio.gather(*(self._submit(batcher, make(i, min(n, i + step))) for i in range(0, n, step)))
+        gate = asyncio.Semaphore(window)
+
+        async def one(a: int):
+            async with gate:
+                return await self._submit(batcher, make(a, min(n, a + step)))
+
+        parts = await asyncio.gather(*(one(a) for a in range(0, n, step)))
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
     async def itc_images(self, pixels: torch.Tensor, adapter) -> np.ndarray:

@@ -24,6 +24,10 @@ from server.registry import FROZEN, check_name
 from server.schemas import Hit, RetrieveRequest, RetrieveResponse
 
 
+CHUNK = 256  # gallery items decoded and embedded at a time
+SAVE_EVERY = 4096  # vectors written to disk at least this often while filling a gallery
+
+
 def _png(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
@@ -32,15 +36,19 @@ async def gallery_vectors(svc: Services, gallery: Gallery, adapter: str | None) 
     """Compute and store the vectors `gallery` lacks for `adapter` (caller holds the gallery lock)."""
     label, version, fp = adapter or FROZEN, svc.registry.version(adapter), svc.backbone.fingerprint
     missing = await run_in_threadpool(gallery.missing, label, version, fp)
-    if not missing:
-        return
-    if gallery.kind == "image":
-        images = await run_in_threadpool(lambda: [_png(gallery.blob(it)) for it in missing])
-        pixels = await run_in_threadpool(svc.engine.pixels, images)
-        vecs = await svc.engine.itc_images(pixels, adapter)
-    else:
-        vecs = await svc.engine.itc_texts([it["text"] for it in missing], adapter)
-    await run_in_threadpool(gallery.put_vectors, label, version, fp, [it["key"] for it in missing], vecs)
+    keys, parts = [], []
+    for start in range(0, len(missing), CHUNK):  # bounded memory: CHUNK decoded images at a time
+        chunk = missing[start:start + CHUNK]
+        if gallery.kind == "image":
+            images = await run_in_threadpool(lambda: [_png(gallery.blob(it)) for it in chunk])
+            pixels = await run_in_threadpool(svc.engine.pixels, images)
+            parts.append(await svc.engine.itc_images(pixels, adapter))
+        else:
+            parts.append(await svc.engine.itc_texts([it["text"] for it in chunk], adapter))
+        keys += [it["key"] for it in chunk]
+        if len(keys) >= SAVE_EVERY or start + CHUNK >= len(missing):  # progress survives a restart
+            await run_in_threadpool(gallery.put_vectors, label, version, fp, keys, np.concatenate(parts))
+            keys, parts = [], []
 
 
 def open_gallery(svc: Services, name: str, kind: str) -> Gallery:

@@ -122,3 +122,19 @@ def test_faiss_through_the_server():
         inline = c.retrieve(text="two green triangles", images={f"b{i}": im for i, im in enumerate(IMGS)}, top_k=4)
         hnsw = c.retrieve(text="two green triangles", gallery="big", top_k=4)
         assert [h["id"] for h in hnsw["results"]] == [h["id"] for h in inline["results"]]
+
+
+def test_large_gallery_vectors_are_computed_in_chunks_without_flooding_the_queue():
+    texts = [f"{n} {c} {s}" for n in ("one", "two", "three") for c in ("red", "blue", "green", "yellow")
+             for s in ("circle", "square", "star", "triangles")] * 7  # 336 items
+    with running_server(queue_size=3, max_batch_size=8) as url, Client(url) as c:
+        c.create_gallery("many", kind="text")
+        for start in range(0, len(texts), 168):
+            c.add_items("many", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts[start:start + 168], start)],
+                        adapter="none")
+        hits = c.retrieve(image=IMGS[0], gallery="many", top_k=5, adapter="retrieval-b", rerank=False)["results"]
+        assert len(hits) == 5 and c.gallery("many")["adapters"] == ["none", "retrieval-b"]
+        # the same five, scored inline, agree with the gallery's stored vectors
+        inline = c.retrieve(image=IMGS[0], texts={h["id"]: texts[int(h["id"][1:])] for h in hits}, top_k=5,
+                            adapter="retrieval-b", rerank=False)["results"]
+        assert [h["itc"] for h in inline] == pytest.approx([h["itc"] for h in hits], abs=1e-5)
