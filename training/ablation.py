@@ -146,7 +146,7 @@ def write_plot(results: list[dict], tasks, path: Path) -> None:
                         textcoords="offset points")
         if frozen is not None:
             ax.axhline(frozen, color="grey", ls="--", lw=1, label=f"frozen ({frozen:.1f})")
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log)")
         ax.set_ylabel(METRIC_NAME[task])
