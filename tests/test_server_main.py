@@ -93,3 +93,29 @@ def test_importing_the_app_loads_no_model():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_unexpected_errors_are_a_logged_plain_500(caplog):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from server import errors
+
+    app = FastAPI()
+    errors.install(app)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("secret internal detail")
+
+    @app.get("/expected")
+    async def expected():
+        raise errors.WrongTask("adapter 'x' is a 'vqa' adapter")
+
+    with TestClient(app, raise_server_exceptions=False) as tc:
+        r = tc.get("/boom")
+        assert r.status_code == 500 and r.text == "Internal Server Error"  # nothing internal leaks
+        assert "secret internal detail" in caplog.text and "Traceback" in caplog.text
+        r = tc.get("/expected")
+        assert r.status_code == 422
+        assert r.json() == {"error": {"type": "wrong_task", "message": "adapter 'x' is a 'vqa' adapter"}}
