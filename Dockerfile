@@ -29,14 +29,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# torch first: the largest layer, cached across code changes.
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
+# torch first, from the CPU (or CUDA) wheel index only, so PyPI's default CUDA build is
+# never picked; the largest layer, cached across code changes.
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
 
 COPY pyproject.toml README.md ./
 COPY adapters/ adapters/
 COPY server/ server/
 COPY client/ client/
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -e ".[faiss]"
+RUN pip install -e ".[faiss]"
 
 # The default backbone and adapters, served with no arguments (paths resolve from /app/server).
 COPY models/ models/
