@@ -51,7 +51,7 @@ def _load(settings: Settings):
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
-    configure_pil(settings.max_image_pixels)
+    pil_limit = configure_pil(settings.max_image_pixels)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unitrans-model")
     threads = torch.get_num_threads()
     if settings.torch_threads:  # process-wide in torch; restored at shutdown (tests run servers in-process)
@@ -70,6 +70,7 @@ async def lifespan(app: FastAPI):
             await services.engine.stop()
         executor.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
+        configure_pil(pil_limit)
 
 
 class ObserveMiddleware:

@@ -43,9 +43,13 @@ def b64decode(text: str, field: str = "image") -> bytes:
         raise InvalidImage(f"{field}: not valid base64 ({exc})") from None
 
 
-def configure_pil(max_pixels: int) -> None:
-    """PIL warns above MAX_IMAGE_PIXELS and raises above twice that; we refuse above it."""
+def configure_pil(max_pixels: int | None) -> int | None:
+    """PIL warns above MAX_IMAGE_PIXELS and raises above twice that; `decode_image` turns
+    the warning into a refusal too. Process-wide in PIL: returns the previous value so the
+    app can restore it at shutdown (tests run several apps in one process)."""
+    previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
+    return previous
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image") -> Image.Image:
