@@ -203,7 +203,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--time-budget", type=float, default=45.0, help="seconds per level at most")
     p.add_argument("--max-new-tokens", type=int, default=20, help="caption length limit, same for both")
     p.add_argument("--max-batch-size", type=int, default=32, help="server batch limit")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="server batch wait")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="server batch wait (the server default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and baseline alike")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
