@@ -16,9 +16,15 @@ import pytest
 from client import Client, NotFoundError, OverloadedError, ValidationError
 from client.__main__ import main
 from client.errors import ServerError, from_response
-from tests.test_server_harness import images, shared_server
+from tests.test_server_harness import images, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    with running_server() as u:
+        yield u
 
 
 @pytest.fixture(scope="module")
@@ -31,56 +37,56 @@ def files(tmp_path_factory):
     return paths
 
 
-def run(capsys, *argv) -> tuple[int, dict | None, str]:
-    code = main(["--url", shared_server(), *argv])
+def run(capsys, url, *argv) -> tuple[int, dict | None, str]:
+    code = main(["--url", url, *argv])
     out = capsys.readouterr()
     return code, (json.loads(out.out) if out.out.strip() else None), out.err
 
 
-def test_caption_vqa_adapters_health(capsys, files):
-    code, out, _ = run(capsys, "caption", files[0], "--adapter", "caption-b")
+def test_caption_vqa_adapters_health(capsys, url, files):
+    code, out, _ = run(capsys, url, "caption", files[0], "--adapter", "caption-b")
     assert code == 0 and out["adapter"] == "caption-b"
-    with Client(shared_server()) as c:
+    with Client(url) as c:
         assert out == c.caption(files[0], adapter="caption-b")
-    code, out, _ = run(capsys, "vqa", files[0], "is there a star ?", "--candidates", "yes", "no")
+    code, out, _ = run(capsys, url, "vqa", files[0], "is there a star ?", "--candidates", "yes", "no")
     assert code == 0 and out["answer"] in ("yes", "no") and set(out["scores"]) == {"yes", "no"}
-    code, out, _ = run(capsys, "adapters")
+    code, out, _ = run(capsys, url, "adapters")
     assert code == 0 and "caption" in [a["name"] for a in out["adapters"]]
-    code, out, _ = run(capsys, "adapters", "--load", "vqa-b", "--pin")
+    code, out, _ = run(capsys, url, "adapters", "--load", "vqa-b", "--pin")
     assert code == 0 and out["loaded"] and out["pinned"]
-    code, out, _ = run(capsys, "adapters", "--unload", "vqa-b")
+    code, out, _ = run(capsys, url, "adapters", "--unload", "vqa-b")
     assert code == 0 and not out["loaded"]
-    code, out, _ = run(capsys, "health")
+    code, out, _ = run(capsys, url, "health")
     assert code == 0 and out["health"] == {"status": "ok"} and out["ready"]["ready"]
 
 
-def test_galleries_and_retrieve(capsys, files):
-    assert run(capsys, "gallery", "create", "cli-g")[0] == 0
-    code, out, _ = run(capsys, "gallery", "add", "cli-g", *files)
+def test_galleries_and_retrieve(capsys, url, files):
+    assert run(capsys, url, "gallery", "create", "cli-g")[0] == 0
+    code, out, _ = run(capsys, url, "gallery", "add", "cli-g", *files)
     assert code == 0 and out["added"] == ["im0.png", "im1.png", "im2.png"]
-    code, out, _ = run(capsys, "retrieve", "--text", "a red circle", "--gallery", "cli-g", "--top-k", "2")
+    code, out, _ = run(capsys, url, "retrieve", "--text", "a red circle", "--gallery", "cli-g", "--top-k", "2")
     assert code == 0 and len(out["results"]) == 2 and out["direction"] == "text_to_image"
-    code, out, _ = run(capsys, "retrieve", "--image", files[1], "--texts", "a=a red circle", "b=one yellow star")
+    code, out, _ = run(capsys, url, "retrieve", "--image", files[1], "--texts", "a=a red circle", "b=one yellow star")
     assert code == 0 and sorted(h["id"] for h in out["results"]) == ["a", "b"]
-    code, out, _ = run(capsys, "retrieve", "--text", "two green triangles", "--images", *files, "--no-rerank")
+    code, out, _ = run(capsys, url, "retrieve", "--text", "two green triangles", "--images", *files, "--no-rerank")
     assert code == 0 and out["results"][0]["score"] == out["results"][0]["itc"]
-    assert "cli-g" in [g["name"] for g in run(capsys, "gallery", "list")[1]["galleries"]]
-    assert run(capsys, "gallery", "delete", "cli-g")[1] == {"deleted": "cli-g"}
+    assert "cli-g" in [g["name"] for g in run(capsys, url, "gallery", "list")[1]["galleries"]]
+    assert run(capsys, url, "gallery", "delete", "cli-g")[1] == {"deleted": "cli-g"}
 
 
-def test_errors_exit_1_with_the_message(capsys, files):
-    code, out, err = run(capsys, "caption", files[0], "--adapter", "nope")
+def test_errors_exit_1_with_the_message(capsys, url, files):
+    code, out, err = run(capsys, url, "caption", files[0], "--adapter", "nope")
     assert code == 1 and out is None and "404 not_found" in err and "nope" in err
-    code, _, err = run(capsys, "caption", files[0], "--adapter", "vqa")
+    code, _, err = run(capsys, url, "caption", files[0], "--adapter", "vqa")
     assert code == 1 and "422 wrong_task" in err
-    code, _, err = run(capsys, "caption", "/no/such/file.png")
+    code, _, err = run(capsys, url, "caption", "/no/such/file.png")
     assert code == 1 and "No such file" in err
     assert main(["--url", "http://127.0.0.1:9", "health"]) == 1  # nothing listens on port 9
     assert "ConnectError" in capsys.readouterr().err
 
 
-def test_python_dash_m_client_in_a_subprocess(files):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_URL": shared_server()}
+def test_python_dash_m_client_in_a_subprocess(url, files):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_URL": url}
     proc = subprocess.run([sys.executable, "-m", "client", "caption", files[2]], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -2,7 +2,6 @@
 
     world = tiny_world()                       # tiny random backbone + adapter files, built once
     with running_server(world, queue_size=2) as url: ...
-    url = shared_server()                      # one server for the whole session (default settings)
 
 The backbone is tests/tiny.py's random BLIP; adapters are made with `create_adapter`,
 their vectors set to random non-zero values, and saved with `save_adapter`, so each
@@ -92,15 +91,6 @@ def running_server(world: Path | None = None, **overrides):
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
-
-
-@functools.cache
-def shared_server() -> str:
-    """One default server for the session, stopped at interpreter exit."""
-    ctx = running_server()
-    url = ctx.__enter__()
-    atexit.register(ctx.__exit__, None, None, None)
-    return url
 
 
 def png(image: Image.Image) -> bytes:
