@@ -5,8 +5,10 @@
 
 Lifespan: one model worker thread is created; the backbone and the adapter table
 are built on it (the table is only ever touched there); each task's default
-adapter is loaded and pinned; the batchers start. /healthz answers as soon as the
-process runs, /readyz once all that is done.
+adapter is loaded and pinned; the batchers start. uvicorn accepts connections only
+after that, so a backbone that fails to load stops the process with its error (fail
+fast) instead of leaving an unready server up. /readyz then reports what is served;
+during shutdown task routes answer 503.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class Services:
 def get_services(request: Request) -> Services:
     services = getattr(request.app.state, "services", None)
     if services is None:
-        raise NotReady("the model is still loading")
+        raise NotReady("the model is not loaded (starting or shutting down)", headers={"Retry-After": "5"})
     return services
 
 
