@@ -119,3 +119,13 @@ def test_unexpected_errors_are_a_logged_plain_500(caplog):
         r = tc.get("/expected")
         assert r.status_code == 422
         assert r.json() == {"error": {"type": "wrong_task", "message": "adapter 'x' is a 'vqa' adapter"}}
+
+
+def test_a_backbone_that_fails_to_load_stops_the_server_with_its_error(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    proc = subprocess.run([sys.executable, "-m", "server", "--backbone", str(tmp_path / "broken"), "--port", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0
+    assert "BackboneLoadError" in proc.stderr and "config.json" in proc.stderr, proc.stderr[-2000:]
