@@ -46,16 +46,19 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
         except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for bad forms
             raise BadRequest(f"malformed multipart body ({exc})") from None
         data: dict = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != "image":
-                    raise Unprocessable(f"unexpected file field {key!r}; send the image as 'image'")
-                image = await value.read(settings.max_image_bytes + 1)
-                data["image"] = MULTIPART_IMAGE
-            elif key == "candidates":
-                data.setdefault("candidates", []).extend(_candidates(value))
-            else:
-                data[key] = value
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key != "image":
+                        raise Unprocessable(f"unexpected file field {key!r}; send the image as 'image'")
+                    image = await value.read(settings.max_image_bytes + 1)
+                    data["image"] = MULTIPART_IMAGE
+                elif key == "candidates":
+                    data.setdefault("candidates", []).extend(_candidates(value))
+                else:
+                    data[key] = value
+        finally:
+            await form.close()  # spooled temp files
         if isinstance(data.get("image"), str) and data["image"] != MULTIPART_IMAGE:
             image = None  # a base64 string sent as a plain form field
     else:
