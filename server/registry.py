@@ -144,10 +144,14 @@ class AdapterRegistry:
         return name
 
     # -- model worker side ------------------------------------------------------------------
-    def _refresh(self) -> None:
-        old = self._loaded
-        self._loaded = {n: Loaded(self.table.meta(n), self.table.pinned(n),
-                                  old[n].version if n in old else "") for n in self.table.names()}
+    def _refresh(self, versions: dict[str, str] | None = None) -> None:
+        old = {n: e.version for n, e in self._loaded.items()} | (versions or {})
+        self._loaded = {n: Loaded(self.table.meta(n), self.table.pinned(n), old.get(n, ""))
+                        for n in self.table.names()}
+
+    def _full(self) -> bool:
+        names = self.table.names()
+        return len(names) >= self.table.capacity and all(self.table.pinned(n) for n in names)
 
     def load(self, name: str, pin: bool | None = None):
         """Load (or reload) `<dir>/<name>.safetensors`. On failure the table is unchanged."""
@@ -156,17 +160,19 @@ class AdapterRegistry:
             raise NotFound(f"no adapter file named {name!r} in the adapter directory")
         version = _stat_version(path) or ""
         was_pinned = name in self.table and self.table.pinned(name)
+        if name not in self.table and self._full():
+            raise TableFull(f"cannot load adapter {name!r}: all {self.table.capacity} table slots hold pinned "
+                            "adapters; unpin or unload one (DELETE /adapters/NAME)")
         try:
             meta = self.table.load(name, path)
             if pin is not None or was_pinned:
                 self.table.pin(name, bool(pin) if pin is not None else was_pinned)
         except AdapterFileError as exc:
             raise Unprocessable(str(exc)) from None
-        except AdapterTableError as exc:  # full with every adapter pinned, rank over the table's maximum, ...
-            raise TableFull(f"cannot load adapter {name!r}: {exc}") from None
+        except AdapterTableError as exc:  # rank over the table's maximum, another backbone, ...
+            raise Unprocessable(f"cannot load adapter {name!r}: {exc}") from None
         finally:
-            self._refresh()
-        self._loaded = {**self._loaded, name: Loaded(meta, self.table.pinned(name), version)}
+            self._refresh({name: version})
         log.info("loaded adapter %s (%s, %s, rank %s)", name, meta.kind, meta.task, meta.rank)
         return meta
 
