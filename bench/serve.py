@@ -13,7 +13,8 @@ adapters). The server runs in its own process on 127.0.0.1, driven by closed-loo
 clients (each sends its next request when the previous answer arrives); each
 level stops after --requests requests or --time-budget seconds. Baseline latency
 includes image preprocessing, as the server's does; the server's also includes
-HTTP, JSON and base64.
+HTTP, JSON and base64. The baseline runs in segments before, between and after the
+server levels, so both see the same drift in the load of shared cores.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="closed-loop client counts")
     p.add_argument("--requests", type=int, default=256, help="max requests per level (x concurrency/32, min 32)")
-    p.add_argument("--baseline-requests", type=int, default=64, help="one-at-a-time generate calls, split into segments run between the server levels")
+    p.add_argument("--baseline-requests", type=int, default=64,
+                   help="one-at-a-time generate calls, in segments run before, between and after the server levels")
     p.add_argument("--time-budget", type=float, default=45.0, help="seconds per level at most")
     p.add_argument("--max-new-tokens", type=int, default=20, help="caption length limit, same for both")
     p.add_argument("--max-batch-size", type=int, default=32, help="server batch limit")
@@ -215,7 +217,7 @@ def main(argv: list[str]) -> None:
     size = BlipConfig.from_pretrained(str(bb_dir)).vision_config.image_size
     images = make_images(64, size)
     print(f"backbone {bb_dir.name}; adapters cycled: {', '.join(names)}; {args.threads} torch thread(s); "
-          f"captions of {args.max_new_tokens} tokens; server batch <= {args.max_batch_size}, wait {args.max_wait_ms} ms",
+          f"captions of at most {args.max_new_tokens} tokens; server batch <= {args.max_batch_size}, wait {args.max_wait_ms} ms",
           flush=True)
 
     base = Baseline(bb_dir, images, args.max_new_tokens)
