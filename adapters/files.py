@@ -211,7 +211,7 @@ def load_adapter(path, backbone):
                                  train_ab=meta.train_ab, targets=tuple(meta.targets), **meta.options)
     except (TypeError, ValueError) as e:
         _fail(path, f"header fields describe no valid {meta.kind} adapter for this backbone ({e})")
-    expected = adapter.state_dict()
+    expected = adapter.state_dict(keep_vars=True)
     missing = sorted(set(expected) - set(entries))
     unexpected = sorted(set(entries) - set(expected))
     if missing or unexpected:
@@ -223,12 +223,13 @@ def load_adapter(path, backbone):
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own types for corrupt bytes
         _fail(path, f"corrupt tensor data ({e})")
-    for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            _fail(path, f"tensor {name!r} holds NaN or inf")
+    if tensors and not torch.isfinite(torch.cat([t.reshape(-1) for t in tensors.values()])).all():
+        bad = next(name for name, t in tensors.items() if not torch.isfinite(t).all())
+        _fail(path, f"tensor {bad!r} holds NaN or inf")
     if meta.trainable_params != adapter.trainable_count():
         _fail(path, f"field 'trainable_params' is {meta.trainable_params}, the tensors make {adapter.trainable_count()}")
     with torch.no_grad():
-        adapter.load_state_dict(tensors)
+        for name, target in expected.items():  # names and shapes checked above
+            target.copy_(tensors[name])
     adapter.meta = meta
     return adapter

@@ -102,9 +102,9 @@ def _qasn_hook(block_index: int, num_blocks: int):
 def inject(backbone) -> list[Site]:
     """Wrap all attachment sites and hook the fusion blocks, once. Returns the sites
     in `attachment_sites` order (their index is `AdaptedLinear.index`)."""
-    sites = attachment_sites(backbone)
     if getattr(backbone, _MARK, False):
-        return sites
+        return backbone._unitrans_sites
+    sites = attachment_sites(backbone)
     backbone.fingerprint  # noqa: B018 - computed (and cached) on the untouched module tree
     for index, site in enumerate(sites):
         base = backbone.get_submodule(site.path)
@@ -113,14 +113,11 @@ def inject(backbone) -> list[Site]:
         blocks = fusion_blocks(backbone)
         for i, block in enumerate(blocks):
             block.register_forward_hook(_qasn_hook(i, len(blocks)), with_kwargs=True)
+    backbone._unitrans_sites = sites  # the layout never changes after injection
     setattr(backbone, _MARK, True)
     return sites
 
 
 def injected_sites(backbone) -> list[Site]:
-    """Sites of an injected backbone (cached on first use; the layout never changes)."""
-    cached = getattr(backbone, "_unitrans_sites", None)
-    if cached is None:
-        cached = inject(backbone)
-        backbone._unitrans_sites = cached
-    return cached
+    """Sites of the backbone, injecting it first if needed."""
+    return inject(backbone)

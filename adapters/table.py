@@ -138,11 +138,11 @@ class AdapterTable:
                 slot.pair_map = adapter.pair_of()
                 slot.qasn_pair = adapter.config.pair_of("cross") if adapter.config.qasn else None
                 pairs = {n: (a.detach().to(**kw), b.detach().to(**kw)) for n, (a, b) in adapter.pair.pairs().items()}
-                writes = _vector_writes(adapter)
-                unknown = [k for (where, k) in writes if where in ("lam_a", "lam_b") and k not in self.bank.groups]
+                unknown = [k for k in adapter.lam_a if k not in self.bank.groups]
                 blocks = 0 if self.bank.qasn is None else self.bank.qasn[0].shape[1]
-                if unknown or any(k[0] >= blocks for (where, k) in writes if where == "qasn"):
+                if unknown or len(adapter.qasn_lam_a) > blocks:
                     raise AdapterTableError(f"adapter {name!r} has vector groups this backbone lacks: {unknown[:3]}")
+                writes = _vector_writes(adapter, self.bank, kw)
         if name in self._slots:
             slot.index = self._release(name)
         else:
@@ -191,14 +191,14 @@ class AdapterTable:
         bank = self.bank
         for t in self._bank_tensors():
             t[index].zero_()
-        for (where, key), value in writes.items():
-            if where == "scale":
-                bank.scale[index] = value
-            elif where == "qasn":
-                block, part = key
-                bank.qasn[part][index, block, : value.shape[0]] = value
-            else:
-                getattr(bank, where)[index, bank.groups[key], : value.shape[0]] = value
+        if not writes:
+            return
+        cols, lam_a, lam_b = writes["cols"], writes["lam_a"], writes["lam_b"]
+        bank.lam_a[index, :, : lam_a.shape[1]].index_copy_(0, cols, lam_a)  # (Gk, r) into (G, R)
+        bank.lam_b[index, :, : lam_b.shape[1]].index_copy_(0, cols, lam_b)  # (Gk, Dk) into (G, D)
+        bank.scale[index] = writes["scale"]
+        for part, value in enumerate(writes["qasn"]):  # (N, r | d) into (N, R | d)
+            bank.qasn[part][index, :, : value.shape[1]] = value
 
     # -- routing -------------------------------------------------------------------------
     def routing(self, names: list[str | None]) -> Routing:
@@ -237,17 +237,20 @@ def _pair_name(kind: str, modality: str) -> str:
     return "dec" if modality.startswith("decoder") else "enc"
 
 
-def _vector_writes(adapter) -> dict:
-    writes = {}
-    for key, p in adapter.lam_a.items():
-        writes[("lam_a", key)] = p.detach()
-    for key, p in adapter.lam_b.items():
-        writes[("lam_b", key)] = p.detach()
-    writes[("scale", None)] = adapter.scale.detach()
-    for i in adapter.qasn_lam_a:
-        for part, store in enumerate((adapter.qasn_lam_a, adapter.qasn_lam_b, adapter.qasn_alpha, adapter.qasn_beta)):
-            writes[("qasn", (int(i), part))] = store[i].detach()
-    return writes
+def _vector_writes(adapter, bank: VectorBank, kw: dict) -> dict:
+    """The adapter's vectors stacked for a few in-place copies: group columns, Λa (Gk, r),
+    Λb (Gk, Dk) zero padded, s, and the QASN stacks (N, r | d)."""
+    from adapters.vcra.model import _stack_padded
+
+    keys = list(adapter.lam_a)
+    stores = (adapter.qasn_lam_a, adapter.qasn_lam_b, adapter.qasn_alpha, adapter.qasn_beta)
+    return {
+        "cols": torch.tensor([bank.groups[k] for k in keys], device=kw["device"]),
+        "lam_a": torch.stack([adapter.lam_a[k].detach() for k in keys]).to(**kw),
+        "lam_b": _stack_padded([adapter.lam_b[k].detach() for k in keys]).to(**kw),
+        "scale": adapter.scale.detach().to(**kw),
+        "qasn": [torch.stack([p.detach() for p in store.values()]).to(**kw) for store in stores] if len(stores[0]) else [],
+    }
 
 
 def _meta_of(adapter) -> AdapterMeta:
