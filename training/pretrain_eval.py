@@ -103,7 +103,7 @@ def contact_sheet(world: Path, entries: list[dict], hyps: list[str], out: Path, 
     each; a reference that differs is shown below it in red."""
     first = Image.open(world / entries[0]["image"])
     side = first.width * scale
-    cell_w, text_h = max(side, 240), 64
+    cell_w, text_h = max(side, 256), 56
     rows = (len(entries) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * cell_w, rows * (side + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -114,11 +114,11 @@ def contact_sheet(world: Path, entries: list[dict], hyps: list[str], out: Path, 
         sheet.paste(image.resize((side, side), Image.Resampling.NEAREST), (x + (cell_w - side) // 2, y))
         lines = textwrap.wrap(hyp, 34)[:2]
         wrong = hyp != entry["caption"]
-        if wrong:
-            lines = lines[:1] + ["ref: " + entry["caption"]][:1]
+        if wrong:  # the full generated caption, then the reference on a third line
+            lines.append("ref: " + entry["caption"])
         for n, line in enumerate(lines):
             colour = "firebrick" if wrong and n == len(lines) - 1 else "black"
-            draw.text((x + 4, y + side + 4 + 16 * n), line, fill=colour, font=font)
+            draw.text((x + 4, y + side + 3 + 16 * n), line, fill=colour, font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, format="PNG", optimize=True)
 
