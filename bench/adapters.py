@@ -34,6 +34,7 @@ from transformers import BlipConfig
 
 from adapters import AdapterTable, create_adapter, load_adapter, read_adapter_meta, save_adapter, tasks
 from adapters.backbone import Backbone
+from adapters.injection import injected_sites
 from tests.tiny import random_images, tiny_processor
 from training.tokenizer import blip_text_config_ids
 
@@ -97,6 +98,10 @@ def bench_size(size: str, iters: int, batch: int, rank: int, tokens: int) -> dic
     peft = peft_lora(frozen, rank, batch)
     peft_bb = peft.model
     out["setup_s"] = time.perf_counter() - t0
+    # Analytic: per token, VCRA adds x Aᵀ (r·in) and (A x) M (r·out) to each in·out projection.
+    sites = injected_sites(bb)
+    base_flops = sum(s.in_features * s.out_features for s in sites)
+    out["flop_ratio"] = sum(rank * (s.in_features + s.out_features) for s in sites) / base_flops
 
     px = tasks.pixels(bb, random_images(batch, size=bb.config.vision_config.image_size))
     ids, mask = tasks.tokens(bb, [QUESTIONS[i % 4] for i in range(batch)])
@@ -177,7 +182,8 @@ def report(results: dict, batch: int) -> None:
     head = lambda title: print(f"\n{title:<44}" + "".join(f"{s:>{col}}" for s in sizes))  # noqa: E731
     row = lambda label, cells: print(f"{label:<44}" + "".join(f"{c:>{col}}" for c in cells))  # noqa: E731
     head("model")
-    row("parameters (M)", [f"{results[s]['params_M']:.1f}" for s in sizes])
+    row("parameters (M, caption + VQA + ITM parts)", [f"{results[s]['params_M']:.1f}" for s in sizes])
+    row("VCRA matmul FLOPs / q,k,v projection FLOPs", [f"{100 * results[s]['flop_ratio']:.2f}%" for s in sizes])
     for w in ("itm", "caption"):
         head(f"{w}, batch {batch}: CPU s, min (median)")
         for v in next(iter(results.values()))["times"]:
