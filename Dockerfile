@@ -40,10 +40,13 @@ COPY client/ client/
 RUN pip install -e ".[faiss]"
 
 # The default backbone and adapters, served with no arguments (paths resolve from /app/server).
+# chmod: files written through temp files (mkstemp, mkdtemp) are 0600/0700 in a working tree,
+# and COPY keeps modes, which the non-root user below could not read.
 COPY models/ models/
 RUN test -f models/blip-shapes/config.json || { \
       echo "models/blip-shapes is missing: build it before the image (python -m training.pretrain, see README)" >&2; \
-      exit 1; }
+      exit 1; } \
+    && chmod -R a+rX /app
 
 RUN useradd --create-home --uid 10001 --user-group unitrans \
     && mkdir -p /data \

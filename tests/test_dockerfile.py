@@ -58,6 +58,14 @@ def test_runs_as_a_non_root_user():
     assert words.index("USER") < words.index("CMD")
 
 
+def test_copied_files_are_made_readable_for_that_user():
+    """Temp-file writers leave 0600 files (models/blip-shapes/model.safetensors is one); COPY keeps modes."""
+    runs = [rest for word, rest in instructions() if word == "RUN"]
+    words = [w for w, _ in instructions()]
+    chmod = next(i for i, (w, rest) in enumerate(instructions()) if w == "RUN" and "chmod -R a+rX /app" in rest)
+    assert chmod > max(i for i, w in enumerate(words) if w == "COPY") and runs
+
+
 def test_healthcheck_probes_the_server():
     checks = [rest for word, rest in instructions() if word == "HEALTHCHECK"]
     assert len(checks) == 1
