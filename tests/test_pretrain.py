@@ -87,4 +87,4 @@ def test_resume_continues_exactly(world_dir, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     state = torch.load(split.parent / "split.ckpt" / "last.pt", weights_only=False)
-    assert state["step"] == 4 and len(state["history"]) == 0  # history is sampled every 50 steps
+    assert state["step"] == 4 and [h["step"] for h in state["history"]] == [4]  # every 50 steps and the last
