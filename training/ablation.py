@@ -43,10 +43,32 @@ ANALYSIS = "<!-- analysis: hand-written below, kept when the script rewrites the
 METRIC_NAME = {"caption": "CIDEr", "vqa": "VQA acc. (%)", "retrieval": "R@mean (%)"}
 
 
-def run_row(args, task: str, row: str, kind: str | None, extra: list[str]) -> dict:
-    work = Path(args.work) / task
+def _out_path(work: str, task: str, row: str, kind: str | None) -> Path:
     slug = row.lower().replace(" ", "-").replace("+", "-").replace("(", "").replace(")", "")
-    out = work / (slug if kind == "full" else f"{slug}.safetensors")
+    return Path(work) / task / (slug if kind == "full" else f"{slug}.safetensors")
+
+
+def loss_curves(results: list[dict], args) -> list[str]:
+    """First and last logged training loss of every trained row (from fit's JSONL logs):
+    a loss still falling at the end means the budget, not the method, set the metric."""
+    out = ["| task | method | steps | loss at step 10 | loss at 50% | final loss |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if r["kind"] == "frozen" or r.get("repeat"):
+            continue
+        path = _out_path(args.work, r["task"], r["row"], r["kind"])
+        log = path.with_name(path.name + ".log.jsonl")
+        if not log.exists():
+            continue
+        steps = [x for x in map(json.loads, log.read_text().splitlines()) if "step" in x and "loss" in x]
+        if steps:
+            mid = steps[len(steps) // 2]
+            out.append(f"| {r['task']} | {r['row']} | {steps[-1]['step']} | {steps[0]['loss']:.3f} | "
+                       f"{mid['loss']:.3f} | {steps[-1]['loss']:.3f} |")
+    return out
+
+
+def run_row(args, task: str, row: str, kind: str | None, extra: list[str]) -> dict:
+    out = _out_path(args.work, task, row, kind)
     t0 = time.perf_counter()
     train = {}
     if kind is not None:
@@ -97,6 +119,7 @@ def write_markdown(results: list[dict], args, path: Path, plot: Path, wall: floa
             "Cells: main metric on the test split / trainable parameters (the paper's Θ, which also counts "
             "VCRA's frozen seeded A, B).", "", *lines, "", f"![metric vs trainable parameters]({plot.name})", "",
             "## Acceptance check (computed)", "", *acceptance(results, args.tasks), "",
+            "## Training loss of each run (computed from the fit logs)", "", *loss_curves(results, args), "",
             "## Parameter counts against rank (computed on this backbone, no training)", "",
             *param_table(args.backbone, args.tasks), "",
             "## Words the frozen decoder never produced in pretraining (computed)", "", *vocab, ""]
