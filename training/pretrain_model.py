@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import BlipConfig, BlipTextConfig, BlipVisionConfig
 
 from adapters.backbone import Backbone
