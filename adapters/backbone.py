@@ -170,6 +170,9 @@ class Backbone(nn.Module):
             state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             self.processor.save_pretrained(str(tmp))
+            tmp.chmod(0o755)  # mkdtemp makes 0700; a model dir is meant to be read by others
+            for path in tmp.iterdir():
+                path.chmod(0o644)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
