@@ -121,6 +121,10 @@ def bench_size(size: str, iters: int, batch: int, rank: int, tokens: int) -> dic
         "itm": lambda m, r: tasks.itm_logits(m, px, ids, mask, routing=r),
         "caption": lambda m, r: tasks.caption_ids(m, px, max_new_tokens=tokens, min_new_tokens=tokens, routing=r),
     }
+    with torch.inference_mode():  # first calls pay one-off costs (allocator, thread pool): one row per model
+        for model in (frozen, bb, peft_bb):
+            tasks.itm_logits(model, px[:1], ids[:1], mask[:1])
+            tasks.caption_ids(model, px[:1], max_new_tokens=2)
     times = {(w, v): [] for w in workloads for v in variants}
     steps = (iters + 1) * len(workloads) * len(variants)
     if iters == 1:
