@@ -15,7 +15,7 @@ Training (another module owns the loop; this is the whole contract):
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3)  # .parameters() = exactly the trainable ones
     with attach(bb, adapter) as model:                  # same forward code as serving, with grads
         states = tasks.fuse(model, ids, mask, tasks.encode_image(model, px))
-    tasks.caption_ids(bb, px, routing=adapter.routing())   # task fns take routing= (they re-enter it)
+    tasks.caption_ids(bb, px, routing=adapter.routing())   # explicit routing; without it the one in force applies
     save_adapter(adapter, "adapters/vqa.safetensors", recipe={"lr": 1e-3, "epochs": 5})
     adapter = load_adapter("adapters/vqa.safetensors", bb)
 

@@ -34,6 +34,17 @@ def routed(routing: Any) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
+@contextmanager
+def routed_if_given(routing: Any) -> Iterator[None]:
+    """`routed(routing)` when a routing is given; otherwise the caller's routing stays
+    in force (e.g. a live adapter entered with `adapters.attach`)."""
+    if routing is None:
+        yield
+    else:
+        with routed(routing):
+            yield
+
+
 def current_routing() -> Any:
     return _CURRENT.get()
 

@@ -1,7 +1,8 @@
 """Batched task functions on a `Backbone`: caption, VQA, ITC embeddings, ITM scores.
 
 Every function takes tensors for a whole batch and an optional `routing` (the
-per-row adapter choice, see `adapters.routing`), entered for the whole call.
+per-row adapter choice, see `adapters.routing`), entered for the whole call;
+without one, the routing already in force (none: the frozen backbone) applies.
 They mirror transformers' BLIP task classes step by step, so with no adapters they
 return exactly what `BlipForConditionalGeneration.generate`,
 `BlipForQuestionAnswering.generate` and `BlipForImageTextRetrieval` return on the
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adapters.routing import routed
+from adapters.routing import routed_if_given
 
 CAPTION_PROMPT = "a picture of "
 
@@ -82,7 +83,7 @@ def caption_ids(bb, pixel_values, *, num_beams: int = 1, max_new_tokens: int = 3
     """(B, 3, H, W) -> generated ids (B, T), starting with [DEC] and the prompt."""
     bb.require("caption")
     text_config = bb.config.text_config
-    with routed(routing):
+    with routed_if_given(routing):
         image_embeds = encode_image(bb, pixel_values)
         input_ids, attention_mask = caption_prompt(bb, pixel_values.shape[0], prompt)
         return bb.text_decoder.generate(
@@ -117,7 +118,7 @@ def vqa_ids(bb, pixel_values, input_ids, attention_mask=None, *, num_beams: int 
     """Generated answer ids (B, T), starting with [DEC]."""
     bb.require("vqa")
     text_config = bb.config.text_config
-    with routed(routing):
+    with routed_if_given(routing):
         states = question_states(bb, pixel_values, input_ids, attention_mask)
         bos = torch.full((states.shape[0], 1), text_config.bos_token_id, dtype=torch.long, device=states.device)
         return bb.text_decoder.generate(
@@ -165,7 +166,7 @@ def vqa_rank(bb, pixel_values, input_ids, attention_mask, candidates: list[list[
         raise ValueError("candidates needs one non-empty list per image")
     k = max(len(c) for c in candidates)
     flat = [c[j] if j < len(c) else c[0] for c in candidates for j in range(k)]
-    with routed(routing):
+    with routed_if_given(routing):
         states = question_states(bb, pixel_values, input_ids, attention_mask)  # (B, Lq, Ht)
         scores = answer_log_likelihood(bb, states.repeat_interleave(k, dim=0), flat).view(-1, k)
     return [scores[i, : len(c)] for i, c in enumerate(candidates)]
@@ -174,20 +175,20 @@ def vqa_rank(bb, pixel_values, input_ids, attention_mask, candidates: list[list[
 # -- retrieval ------------------------------------------------------------------
 def itc_image(bb, pixel_values, *, routing=None) -> torch.Tensor:
     bb.require("retrieve")
-    with routed(routing):
+    with routed_if_given(routing):
         return image_features(bb, encode_image(bb, pixel_values))
 
 
 def itc_text(bb, input_ids, attention_mask=None, *, routing=None) -> torch.Tensor:
     bb.require("retrieve")
-    with routed(routing):
+    with routed_if_given(routing):
         return text_features(bb, encode_text(bb, input_ids, attention_mask))
 
 
 def itm_logits(bb, pixel_values, input_ids, attention_mask=None, *, routing=None) -> torch.Tensor:
     """ITM logits (B, 2) of row-aligned image-text pairs; softmax[:, 1] is P(match)."""
     bb.require("retrieve")
-    with routed(routing):
+    with routed_if_given(routing):
         fused = fuse(bb, input_ids, attention_mask, encode_image(bb, pixel_values))
         return bb.itm_head(fused[:, 0, :])
 
