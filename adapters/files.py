@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from adapters.atomic import atomic_write
 from adapters.errors import AdapterFileError
 from adapters.kinds import SERVABLE_KINDS, adapter_options, create_adapter
 
@@ -83,16 +83,7 @@ def save_adapter(adapter, path, *, recipe: dict) -> Path:
         "recipe": json.dumps(recipe, sort_keys=True, default=str),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(st_save(tensors, metadata=meta))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, st_save(tensors, metadata=meta))
 
 
 # -- reading -------------------------------------------------------------------------------

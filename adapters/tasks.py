@@ -69,6 +69,24 @@ def text_features(bb, text_embeds: torch.Tensor) -> torch.Tensor:
     return F.normalize(bb.text_proj(text_embeds[:, 0, :]), dim=-1)
 
 
+def _generate(bb, input_ids, attention_mask, states, num_beams, max_new_tokens, min_new_tokens) -> torch.Tensor:
+    """The decoder's greedy/beam search cross-attending `states` (B, L, H), ending at [SEP],
+    with the arguments transformers' BLIP task classes pass."""
+    text_config = bb.config.text_config
+    return bb.text_decoder.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        encoder_hidden_states=states,
+        encoder_attention_mask=_ones_mask(states),
+        eos_token_id=text_config.sep_token_id,
+        pad_token_id=text_config.pad_token_id,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        do_sample=False,
+    )
+
+
 # -- captioning -----------------------------------------------------------------
 def caption_prompt(bb, batch_size: int, prompt: str = CAPTION_PROMPT) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt ids as the decoder sees them: [DEC] prompt tokens, trailing [SEP] dropped. (B, P)"""
@@ -82,22 +100,10 @@ def caption_ids(bb, pixel_values, *, num_beams: int = 1, max_new_tokens: int = 3
                 prompt: str = CAPTION_PROMPT, routing=None) -> torch.Tensor:
     """(B, 3, H, W) -> generated ids (B, T), starting with [DEC] and the prompt."""
     bb.require("caption")
-    text_config = bb.config.text_config
     with routed_if_given(routing):
         image_embeds = encode_image(bb, pixel_values)
         input_ids, attention_mask = caption_prompt(bb, pixel_values.shape[0], prompt)
-        return bb.text_decoder.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=_ones_mask(image_embeds),
-            eos_token_id=text_config.sep_token_id,
-            pad_token_id=text_config.pad_token_id,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            do_sample=False,
-        )
+        return _generate(bb, input_ids, attention_mask, image_embeds, num_beams, max_new_tokens, min_new_tokens)
 
 
 def caption(bb, pixel_values, *, prompt: str = CAPTION_PROMPT, **kwargs) -> list[str]:
@@ -121,17 +127,7 @@ def vqa_ids(bb, pixel_values, input_ids, attention_mask=None, *, num_beams: int 
     with routed_if_given(routing):
         states = question_states(bb, pixel_values, input_ids, attention_mask)
         bos = torch.full((states.shape[0], 1), text_config.bos_token_id, dtype=torch.long, device=states.device)
-        return bb.text_decoder.generate(
-            input_ids=bos,
-            encoder_hidden_states=states,
-            encoder_attention_mask=_ones_mask(states),
-            eos_token_id=text_config.sep_token_id,
-            pad_token_id=text_config.pad_token_id,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            do_sample=False,
-        )
+        return _generate(bb, bos, None, states, num_beams, max_new_tokens, min_new_tokens)
 
 
 def vqa(bb, pixel_values, input_ids, attention_mask=None, **kwargs) -> list[str]:

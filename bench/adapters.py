@@ -208,7 +208,7 @@ def report(results: dict, batch: int) -> None:
     head("bytes per adapter")
     for k in next(iter(results.values()))["file_bytes"]:
         row(f"  file: {k}", [f"{results[s]['file_bytes'][k]:,}" for s in sizes])
-        row(f"    trainable params", [f"{results[s]['trainable'][k]:,}" for s in sizes])
+        row("    trainable params", [f"{results[s]['trainable'][k]:,}" for s in sizes])
     row("  table slot (preallocated bank row)", [f"{results[s]['slot_bytes']:,}" for s in sizes])
     head("1,000 resident VCRA adapters")
     row("  bank size (MB)", [f"{results[s]['bank_1000_mb']:.1f}" for s in sizes])
