@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, help="training annotations (BLIP/LAVIS JSON of --task)")
     p.add_argument("--val", required=True, help="validation annotations, evaluated after training")
     p.add_argument("--image-root", required=True, help="directory the JSONs' image paths are relative to")
-    p.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
+    p.add_argument("--out", required=True,
+                   help="adapter file to write (.safetensors); for --kind full a backbone directory")
     p.add_argument("--rank", type=int, default=16, help="low rank r of the A/B matrices (VCRA, VeRA, LoRA)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default per kind: {DEFAULT_LR})")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training data")
