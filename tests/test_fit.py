@@ -146,13 +146,7 @@ def test_torchrun_two_processes(world, tmp_path):
     adapters.AdapterTable(Backbone.from_dirs(world / "bb")).load("ddp", out)
 
 
-@pytest.mark.parametrize("kind", [
-    "lora",
-    pytest.param("vcra-qasn", marks=pytest.mark.xfail(
-        strict=True, raises=RuntimeError,
-        reason="adapters/vcra/layer.py apply_delta_: in-place addmm_ of bf16 autocast activations with the "
-               "fp32 folded vectors (dtype mismatch); reported to the adapters owner")),
-])
+@pytest.mark.parametrize("kind", ["lora", "vcra-qasn"])
 def test_bf16_autocast_training(world, tmp_path, kind):
     out = tmp_path / "bf16.safetensors"
     summary = fit.main(_args(world, "vqa", out, "--kind", kind, "--epochs", "1", "--train-limit", "8",

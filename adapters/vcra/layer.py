@@ -45,7 +45,10 @@ def apply_delta_(x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, m: torch.T
     """out += (x Aᵀ) M in place. x (n, L, in), out (n, L, out), a (r, in); m (r, out) shared
     by every row or (n, r, out) per row. In place is safe under autograd: a Linear's
     backward does not read its output."""
-    ax = F.linear(x, a)  # (n, L, r)
+    # one dtype for the in-place product: bf16 backbones and autocast hand in bf16
+    # activations while the vectors (and so m) stay fp32; no-ops in fp32
+    ax = F.linear(x, a.to(x.dtype)).to(out.dtype)  # (n, L, r)
+    m = m.to(out.dtype)
     if m.dim() == 2:
         out.view(-1, out.shape[-1]).addmm_(ax.reshape(-1, ax.shape[-1]), m)
     else:
