@@ -4,6 +4,8 @@ on the same weights, side by side in one run.
 
     .venv/bin/python bench/serve.py                       # concurrency 1, 8, 32; ~2-4 minutes
     .venv/bin/python bench/serve.py --requests 64 --time-budget 30
+    .venv/bin/python bench/serve.py --size base --concurrency 1 32 --requests 64 \
+        --baseline-requests 12 --time-budget 240        # BLIP-base size: model time dominates
 
 Workload: greedy captions of distinct images, at most `--max-new-tokens` tokens. Server
 requests cycle through the adapters (caption adapters of models/adapters when
@@ -50,8 +52,14 @@ WORDS = ["a picture of", "a red circle left of a blue square", "two green triang
          "what colour is the circle ?", "yes", "no", "above", "below"]
 
 
-def backbone_dir(work: Path) -> Path:
-    """The shipped default, else a random BLIP of its size (hidden 128, 4 layers, 64 px)."""
+def backbone_dir(work: Path, size: str = "small") -> Path:
+    """small: the shipped default, else a random BLIP of its size (hidden 128, 4 layers,
+    64 px). base: a random BLIP at BlipConfig() defaults (ViT-B/16 384 px, BERT-base)."""
+    if size == "base":
+        from bench.backbone import base_backbone
+
+        torch.manual_seed(0)
+        return base_backbone().save_pretrained(work / "blip-base-random")
     if (SHIPPED / "config.json").is_file():
         return SHIPPED
     from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer
@@ -157,7 +165,8 @@ def start_server(bb_dir: Path, adapters: Path, data: Path, args) -> tuple[subpro
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_TORCH_THREADS": str(args.threads),
-           "UNITRANS_QUEUE_SIZE": "1024", "UNITRANS_DEFAULT_CAPTION_ADAPTER": "none"}
+           "UNITRANS_QUEUE_SIZE": "1024", "UNITRANS_DEFAULT_CAPTION_ADAPTER": "none",
+           "UNITRANS_REQUEST_TIMEOUT_S": str(max(60.0, args.time_budget))}  # a BLIP-base batch can take minutes
     cmd = [sys.executable, "-m", "server", "--backbone", str(bb_dir), "--adapters", str(adapters), "--data",
            str(data), "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
            "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
@@ -207,12 +216,14 @@ def main(argv: list[str]) -> None:
     p.add_argument("--max-batch-size", type=int, default=32, help="server batch limit")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="server batch wait (the server default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and baseline alike")
+    p.add_argument("--size", choices=["small", "base"], default="small",
+                   help="small: the shipped default; base: a random BLIP-base-size model (slow: ~2 s per caption)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # from_pretrained lists the retrieval/VQA keys it does not use
 
     work = Path(tempfile.mkdtemp(prefix="unitrans-bench-"))
-    bb_dir = backbone_dir(work)
+    bb_dir = backbone_dir(work, args.size)
     adapters, names = adapter_names(bb_dir, work)
     size = BlipConfig.from_pretrained(str(bb_dir)).vision_config.image_size
     images = make_images(64, size)
