@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters.identity import validate_task_rank_seed
 from adapters.sites import MODALITIES
 from adapters.vcra.config import DEFAULT_RANK, DEFAULT_SEED, TASK_TARGETS, TASKS
 
@@ -17,12 +18,7 @@ class LoraConfig:
     alpha: float | None = None  # delta scaling = alpha / rank; None -> alpha = rank (scaling 1)
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if not (isinstance(self.rank, int) and self.rank >= 1):
-            raise ValueError(f"rank must be a positive int, got {self.rank!r}")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
-            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        validate_task_rank_seed(self.task, self.rank, self.seed, TASKS)
         targets = tuple(self.targets) or TASK_TARGETS[self.task]
         if any(t not in MODALITIES for t in targets) or len(set(targets)) != len(targets):
             raise ValueError(f"targets must be distinct modalities from {MODALITIES}, got {targets}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from adapters.identity import ConfigIdentity
 from adapters.injection import injected_sites
 from adapters.lora.config import LoraConfig
 from adapters.lora.layer import init_pair
 from adapters.mixed import MatrixGroup, Routing, site_key
 
 
-class LoraAdapter(nn.Module):
+class LoraAdapter(ConfigIdentity, nn.Module):
     kind = "lora"
 
     def __init__(self, config: LoraConfig, backbone):
@@ -30,18 +31,6 @@ class LoraAdapter(nn.Module):
             a, b = init_pair(config.seed, key, config.rank, site.in_features, site.out_features)
             self.A[key] = nn.Parameter(a.to(backbone.device))
             self.B[key] = nn.Parameter(b.to(backbone.device))
-
-    @property
-    def task(self) -> str:
-        return self.config.task
-
-    @property
-    def rank(self) -> int:
-        return self.config.rank
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
 
     def pair_key(self) -> None:
         return None  # own matrices: grouped per adapter

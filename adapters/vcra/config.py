@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adapters.identity import validate_task_rank_seed
 from adapters.sites import MODALITIES, Site
 
 TASKS = ("caption", "vqa", "retrieve")
@@ -58,12 +59,7 @@ class VcraConfig:
     scale_init: float = 1.0  # s; the delta starts at 0 through Λb = 0 whatever s is
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if not (isinstance(self.rank, int) and self.rank >= 1):
-            raise ValueError(f"rank must be a positive int, got {self.rank!r}")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
-            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        validate_task_rank_seed(self.task, self.rank, self.seed, TASKS)
         if self.share not in SHARES:
             raise ValueError(f"share must be one of {SHARES}, got {self.share!r}")
         targets = tuple(self.targets) or TASK_TARGETS[self.task]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapters.identity import ConfigIdentity
 from adapters.injection import injected_sites
 from adapters.mixed import PairGroup, Routing, VectorBank
 from adapters.sites import MODALITIES
@@ -58,7 +59,7 @@ class PairStore(nn.Module):
         return {n: (getattr(self, f"A_{n}"), getattr(self, f"B_{n}")) for n in self.names}
 
 
-class VcraAdapter(nn.Module):
+class VcraAdapter(ConfigIdentity, nn.Module):
     kind = "vcra"
 
     def __init__(self, config: VcraConfig, backbone):
@@ -78,18 +79,6 @@ class VcraAdapter(nn.Module):
         self.pair = PairStore(config, self.layout, device)
 
     # -- identity --------------------------------------------------------------------
-    @property
-    def task(self) -> str:
-        return self.config.task
-
-    @property
-    def rank(self) -> int:
-        return self.config.rank
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
     def pair_key(self) -> tuple:
         """Adapters with equal keys share (A, B) and batch through the same two matmuls."""
         return (self.kind, self.config.share, self.config.seed, self.config.rank) if not self.config.train_ab else None
