@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from adapters.atomic import atomic_file
 
 # Recipe keys that must match for a resume to be the same run (paths may move).
 RESUME_KEYS = ("task", "kind", "rank", "seed", "lr", "epochs", "batch_size", "world_size", "precision",
@@ -52,19 +53,9 @@ def make_state(*, params: dict[str, torch.Tensor], optimizer, scheduler, epoch: 
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict | None:

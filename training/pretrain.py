@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from adapters.atomic import atomic_file  # noqa: E402
 from adapters.backbone import Backbone  # noqa: E402
 from training.pretrain_model import make_config, pretrain_losses  # noqa: E402
 from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer  # noqa: E402
@@ -152,12 +153,10 @@ def main(argv: list[str]) -> dict:
         print(f"resumed from {last} at step {step}")
 
     def checkpoint() -> None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_dir / "last.pt.tmp"
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "log_temp": log_temp.data,
-                    "generator": generator.get_state(), "step": step, "elapsed": elapsed, "history": history,
-                    "args": vars(args)}, tmp)
-        os.replace(tmp, last)  # never a half-written last.pt
+        with atomic_file(last) as f:  # never a half-written last.pt
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "log_temp": log_temp.data,
+                        "generator": generator.get_state(), "step": step, "elapsed": elapsed, "history": history,
+                        "args": vars(args)}, f)
 
     model.train()
     bar = tqdm(total=args.steps, initial=step, desc="pretrain", dynamic_ncols=True, mininterval=2.0)
