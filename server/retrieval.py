@@ -61,6 +61,18 @@ def open_gallery(svc: Services, name: str, kind: str) -> Gallery:
     return gallery
 
 
+async def search_gallery(svc: Services, name: str, kind: str, adapter, query: np.ndarray, top_k: int):
+    """ITC top-k of a gallery under its lock, vectors for `adapter` filled in first.
+    Returns ([(item, itc)], image blobs read under the same lock, or None for texts)."""
+    gallery = open_gallery(svc, name, kind)
+    async with svc.lock(gallery.name):
+        await gallery_vectors(svc, gallery, adapter)
+        found = await run_in_threadpool(svc.galleries.search, gallery, adapter or FROZEN,
+                                        svc.registry.version(adapter), svc.backbone.fingerprint, query, top_k)
+        blobs = await run_in_threadpool(lambda: [gallery.blob(it) for it, _ in found]) if kind == "image" else None
+    return found, blobs
+
+
 def _top(sims: np.ndarray, k: int) -> list[int]:
     k = min(k, sims.shape[0])
     top = np.argpartition(-sims, k - 1)[:k]
@@ -83,13 +95,7 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
         check_text(req.text, s, "text")
         query = (await engine.itc_texts([req.text], adapter))[0]
         if req.gallery is not None:
-            gallery = open_gallery(svc, req.gallery, "image")
-            async with svc.lock(gallery.name):
-                await gallery_vectors(svc, gallery, adapter)
-                found = await run_in_threadpool(svc.galleries.search, gallery, adapter or FROZEN,
-                                                svc.registry.version(adapter), svc.backbone.fingerprint, query,
-                                                req.top_k)
-                blobs = await run_in_threadpool(lambda: [gallery.blob(it) for it, _ in found])
+            found, blobs = await search_gallery(svc, req.gallery, "image", adapter, query, req.top_k)
             images = await run_in_threadpool(lambda: [_png(b) for b in blobs])
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
             pixels = await run_in_threadpool(engine.pixels, images) if images else None
@@ -108,12 +114,7 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
         pixels = await run_in_threadpool(engine.pixels, [image])
         query = (await engine.itc_images(pixels, adapter))[0]
         if req.gallery is not None:
-            gallery = open_gallery(svc, req.gallery, "text")
-            async with svc.lock(gallery.name):
-                await gallery_vectors(svc, gallery, adapter)
-                found = await run_in_threadpool(svc.galleries.search, gallery, adapter or FROZEN,
-                                                svc.registry.version(adapter), svc.backbone.fingerprint, query,
-                                                req.top_k)
+            found, _ = await search_gallery(svc, req.gallery, "text", adapter, query, req.top_k)
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
             texts = [it["text"] for it, _ in found]
         else:
