@@ -69,15 +69,17 @@ def text_features(bb, text_embeds: torch.Tensor) -> torch.Tensor:
     return F.normalize(bb.text_proj(text_embeds[:, 0, :]), dim=-1)
 
 
-def _generate(bb, input_ids, attention_mask, states, num_beams, max_new_tokens, min_new_tokens) -> torch.Tensor:
-    """The decoder's greedy/beam search cross-attending `states` (B, L, H), ending at [SEP],
-    with the arguments transformers' BLIP task classes pass."""
+def _generate(bb, input_ids, attention_mask, states, num_beams, max_new_tokens, min_new_tokens,
+              states_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The decoder's greedy/beam search cross-attending `states` (B, L, H) under `states_mask`
+    (B, L; None = all ones, as for image tokens), ending at [SEP], with the arguments
+    transformers' BLIP task classes pass."""
     text_config = bb.config.text_config
     return bb.text_decoder.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         encoder_hidden_states=states,
-        encoder_attention_mask=_ones_mask(states),
+        encoder_attention_mask=_ones_mask(states) if states_mask is None else states_mask,
         eos_token_id=text_config.sep_token_id,
         pad_token_id=text_config.pad_token_id,
         num_beams=num_beams,
@@ -119,6 +121,12 @@ def question_states(bb, pixel_values, input_ids, attention_mask) -> torch.Tensor
     return fuse(bb, input_ids, attention_mask, encode_image(bb, pixel_values))
 
 
+def question_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The decoder's cross-attention mask over question states: the question's own mask
+    (BLIP/LAVIS), so padding added by batching never reaches the answer. (B, Lq)"""
+    return torch.ones_like(input_ids) if attention_mask is None else attention_mask
+
+
 def vqa_ids(bb, pixel_values, input_ids, attention_mask=None, *, num_beams: int = 1, max_new_tokens: int = 10,
             min_new_tokens: int = 0, routing=None) -> torch.Tensor:
     """Generated answer ids (B, T), starting with [DEC]."""
@@ -127,7 +135,8 @@ def vqa_ids(bb, pixel_values, input_ids, attention_mask=None, *, num_beams: int 
     with routed_if_given(routing):
         states = question_states(bb, pixel_values, input_ids, attention_mask)
         bos = torch.full((states.shape[0], 1), text_config.bos_token_id, dtype=torch.long, device=states.device)
-        return _generate(bb, bos, None, states, num_beams, max_new_tokens, min_new_tokens)
+        return _generate(bb, bos, None, states, num_beams, max_new_tokens, min_new_tokens,
+                         states_mask=question_mask(input_ids, attention_mask))
 
 
 def vqa(bb, pixel_values, input_ids, attention_mask=None, **kwargs) -> list[str]:
@@ -135,9 +144,11 @@ def vqa(bb, pixel_values, input_ids, attention_mask=None, **kwargs) -> list[str]
     return [t.strip() for t in bb.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def answer_log_likelihood(bb, states: torch.Tensor, answers: list[str]) -> torch.Tensor:
+def answer_log_likelihood(bb, states: torch.Tensor, answers: list[str],
+                          states_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of token log-probs of each answer (+ its [SEP]) given fused question states.
-    states (N, Lq, Ht) and answers (N,) pair up row by row -> (N,)."""
+    states (N, Lq, Ht) under states_mask (N, Lq; None = all ones) and answers (N,) pair
+    up row by row -> (N,)."""
     tok = bb.processor.tokenizer(answers, padding="longest", return_tensors="pt")
     ids = tok.input_ids.to(states.device)
     mask = tok.attention_mask.to(states.device)
@@ -146,7 +157,7 @@ def answer_log_likelihood(bb, states: torch.Tensor, answers: list[str]) -> torch
         input_ids=ids,
         attention_mask=mask,
         encoder_hidden_states=states,
-        encoder_attention_mask=_ones_mask(states),
+        encoder_attention_mask=_ones_mask(states) if states_mask is None else states_mask,
         return_dict=True,
     ).logits  # (N, L, V)
     logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (N, L-1)
@@ -164,7 +175,8 @@ def vqa_rank(bb, pixel_values, input_ids, attention_mask, candidates: list[list[
     flat = [c[j] if j < len(c) else c[0] for c in candidates for j in range(k)]
     with routed_if_given(routing):
         states = question_states(bb, pixel_values, input_ids, attention_mask)  # (B, Lq, Ht)
-        scores = answer_log_likelihood(bb, states.repeat_interleave(k, dim=0), flat).view(-1, k)
+        mask = question_mask(input_ids, attention_mask).repeat_interleave(k, dim=0)  # (B*k, Lq)
+        scores = answer_log_likelihood(bb, states.repeat_interleave(k, dim=0), flat, mask).view(-1, k)
     return [scores[i, : len(c)] for i, c in enumerate(candidates)]
 
 

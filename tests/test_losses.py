@@ -106,7 +106,9 @@ def test_vqa_loss_is_weighted_answer_likelihood(bb, image_root):
     assert batch["answer_rows"].tolist() == [0, 0, 1] and batch["answer_weight"].tolist() == pytest.approx([.8, .2, 1])
     loss = losses.vqa_loss(bb, batch, no_route)
     states = tasks.question_states(bb, batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-    ll = tasks.answer_log_likelihood(bb, states[[0, 0, 1]], ["2", "two", "yes"])
+    rows = [0, 0, 1]
+    assert batch["attention_mask"][1].tolist().count(0) > 0  # the shorter question is padded in this batch
+    ll = tasks.answer_log_likelihood(bb, states[rows], ["2", "two", "yes"], batch["attention_mask"][rows])
     assert loss.item() == pytest.approx((-(torch.tensor([.8, .2, 1.0]) * ll).sum() / 2).item(), rel=1e-5)
 
 

@@ -61,10 +61,11 @@ def vqa_loss(bb, batch: dict, route: Route) -> torch.Tensor:
                                        batch["attention_mask"])  # (B, Lq, H)
     rows = batch["answer_rows"].to(states.device)  # (A,) question of each answer
     states = states[rows]  # (A, Lq, H)
+    states_mask = batch["attention_mask"].to(states.device)[rows]  # (A, Lq): padding never attended (BLIP/LAVIS)
     ids, labels = lm_labels(batch["answer_ids"], batch["answer_mask"], bb.config.text_config.bos_token_id)
     with routed(route(len(ids))):
         nll = bb.text_decoder(input_ids=ids, attention_mask=batch["answer_mask"], encoder_hidden_states=states,
-                              encoder_attention_mask=_ones_mask(states), labels=labels,
+                              encoder_attention_mask=states_mask, labels=labels,
                               reduction="none").loss  # (A,) summed over tokens
     weight = batch["answer_weight"].to(nll.device, nll.dtype)
     return (weight * nll).sum() / batch["pixel_values"].shape[0]
