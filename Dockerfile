@@ -44,7 +44,7 @@ RUN pip install -e ".[faiss]"
 # and COPY keeps modes, which the non-root user below could not read.
 COPY models/ models/
 RUN test -f models/blip-shapes/config.json || { \
-      echo "models/blip-shapes is missing: build it before the image (python -m training.pretrain, see README)" >&2; \
+      echo "models/blip-shapes is missing: build it before the image (python -m training.shapes.pretrain, see README)" >&2; \
       exit 1; } \
     && chmod -R a+rX /app
 

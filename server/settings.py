@@ -90,5 +90,5 @@ class Settings(BaseSettings):
 
 def missing_default_message(path: Path) -> str:
     return (f"the default backbone {path} does not exist yet. Build it with "
-            "`.venv/bin/python -m training.pretrain` (see README), or serve another one with "
+            "`.venv/bin/python -m training.shapes.pretrain` (see README), or serve another one with "
             "`python -m server --backbone DIR` (e.g. a local Salesforce/blip-* directory).")

@@ -25,7 +25,7 @@ from training import fit
 from training.data import DATASETS, load_json
 from training.loop import LoopConfig, train
 from training.tokenizer import build_processor, build_tokenizer
-from training.world import generate, load_texts
+from training.shapes.world import generate, load_texts
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -1,4 +1,5 @@
-"""A tiny pretraining run writes a backbone directory that loads everywhere, and
+"""A tiny streamed pretraining run (training.shapes.pretrain through training.loop) writes a
+backbone directory that loads everywhere, its batches carry checked positives, and
 --resume continues bit-for-bit."""
 
 from __future__ import annotations
@@ -12,30 +13,39 @@ from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
 from adapters import tasks
 from adapters.backbone import PARTS, Backbone
-from training import pretrain, world
-from training.tokenizer import blip_text_config_ids
+from training.shapes import pretrain
+from training.shapes.language import holds
+from training.shapes.world import AltTextPairs
+from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer
 
-TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--batch-size", "8", "--warmup", "2",
-        "--ckpt-every", "2", "--threads", "2"]
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    world.main(["--out", str(root), "--seed", "5", "--n", "60", "--size", "32"])
-    return root
+TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--batch-pairs", "4", "--warmup", "0.25",
+        "--ckpt-every", "2", "--threads", "2", "--image-size", "32", "--no-progress"]
 
 
-def _run(world_dir, out, *extra):
-    return pretrain.main(["--world", str(world_dir), "--out", str(out), *TINY, *extra])
+def _run(out, *extra):
+    return pretrain.main(["--out", str(out), "--world-seed", "5", *TINY, *extra])
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(world_dir, tmp_path_factory):
+def backbone_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "blip-tiny"
-    record = _run(world_dir, out, "--steps", "4", "--eval-limit", "6")
-    assert set(record["test"]) == {"split", "images", "pretrain", "downstream"}
+    record = _run(out, "--steps", "4", "--probe-pairs", "8")
+    assert {"itc", "itm", "lm", "lm_canonical", "itm_acc", "by_attribute"} <= set(record["probe"])
+    assert record["last"]["step"] == 4 and record["train_seconds"] > 0
     return out
+
+
+def test_batches_are_sibling_pairs_with_checked_positives():
+    data = AltTextPairs(seed=2, split="train", n_pairs=8, image_size=32)
+    processor = build_processor(build_tokenizer(pretrain.vocabulary_texts()), 32)
+    batch = data.collate([data[p] for p in range(8)], processor)
+    assert batch["pixel_values"].shape == (16, 3, 32, 32) and batch["positive"].shape == (16, 16)
+    assert batch["positive"].diagonal().all()
+    for p in range(8):  # a sibling's caption is (almost always) false of its twin
+        a, b = data[p]
+        assert bool(batch["positive"][2 * p, 2 * p + 1]) == holds(b[3], a[0])
+    assert (~batch["positive"]).sum() > 16 * 12  # plenty of negatives
+    assert data[3][0][2] == AltTextPairs(2, "train", 8, 32)[3][0][2]  # deterministic stream
 
 
 def test_backbone_directory_layout(backbone_dir):
@@ -54,12 +64,11 @@ def test_backbone_directory_layout(backbone_dir):
     assert record["args"]["steps"] == 4 and record["train_seconds"] > 0
 
 
-def test_loads_as_backbone_and_runs_every_task(backbone_dir, world_dir):
+def test_loads_as_backbone_and_runs_every_task(backbone_dir):
     bb = Backbone.from_dirs(backbone_dir)
     assert bb.tasks == {"caption", "vqa", "retrieve"}
-    from PIL import Image
-
-    pv = tasks.pixels(bb, [Image.open(world_dir / "images" / "pre_000000.png")])
+    image = AltTextPairs(seed=5, split="val", n_pairs=1, image_size=32)[0][0][1]
+    pv = tasks.pixels(bb, [image])
     with torch.inference_mode():
         assert isinstance(tasks.caption(bb, pv, max_new_tokens=5)[0], str)
         assert tasks.itc_image(bb, pv).shape == (1, bb.config.image_text_hidden_size)
@@ -77,14 +86,14 @@ def test_loads_with_transformers_caption_class(backbone_dir):
                                        "text_decoder.cls.predictions.decoder.bias"}
 
 
-def test_resume_continues_exactly(world_dir, tmp_path):
+def test_resume_continues_exactly(tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    _run(world_dir, whole, "--steps", "4", "--no-eval")
-    assert _run(world_dir, split, "--steps", "4", "--no-eval", "--stop-after", "2") == {"stopped_at": 2}
+    _run(whole, "--steps", "4", "--probe-pairs", "0")
+    assert _run(split, "--steps", "4", "--probe-pairs", "0", "--stop-after", "3") == {"stopped_at": 3}
     assert not (split / "model.safetensors").exists()
-    _run(world_dir, split, "--steps", "4", "--no-eval", "--resume")
+    _run(split, "--steps", "4", "--probe-pairs", "0", "--resume")
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    state = torch.load(split.parent / "split.ckpt" / "last.pt", weights_only=False)
-    assert state["step"] == 4 and [h["step"] for h in state["history"]] == [4]  # every 50 steps and the last
+    log = [json.loads(line) for line in (split.parent / "split.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "resume", "global_step": 3} in log

@@ -10,7 +10,7 @@ from server.settings import DEFAULT_ADAPTERS, DEFAULT_BACKBONE
 from tests.test_server_harness import noise, png, running_server
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_BACKBONE / "config.json").is_file(),
-                                reason="models/blip-shapes is not built yet (python -m training.pretrain)")
+                                reason="models/blip-shapes is not built yet (python -m training.shapes.pretrain)")
 
 
 def test_default_backbone_and_adapters_serve_every_task(tmp_path):

@@ -1,5 +1,6 @@
-"""The shapes world: deterministic per seed, LAVIS formats, splits, closed vocabulary, the
-pretraining/downstream split and the one-attribute hard negatives."""
+"""The shapes world: deterministic per seed, LAVIS formats, splits disjoint for every --n,
+closed vocabulary, the two registers (alt text / canonical), truth of texts, and the
+one-attribute hard negatives."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from training.shapes.language import Description, Mention, alt_text, canonical_captions, holds, is_canonical
+from training.shapes.render import COLOURS, SHAPES, Group
+from training.shapes.world import PROMPT, POOL_DOWNSTREAM, POOL_PRETRAIN, load_texts, main, scene_pair
 from training.tokenizer import build_tokenizer
-from training.world import PROMPT, load_texts, main
-from training.world_render import COLOURS, SHAPES
 
 N = 120  # 60 pretraining images, 30 downstream sibling pairs
 TASKS = ("pretrain", "caption", "vqa", "retrieval")
@@ -87,12 +89,44 @@ def test_pretraining_and_downstream_are_disjoint_and_differ(worlds):
     pre = [e for s in ("train", "val", "test") for e in _load(root, f"pretrain_{s}")]
     down = [e for s in ("train", "val", "test") for e in _load(root, f"caption_{s}")]
     assert not {e["image"] for e in pre} & {e["image"] for e in down}
-    relation = re.compile(r"\b(left of|right of|above|below|two|three)\b")
-    assert not any(relation.search(e["caption"]) for e in pre)  # pretraining only names objects
-    assert any(relation.search(e["caption"]) for e in down)
-    kinds = re.compile(rf"^(an? ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}))( and an? ({'|'.join(COLOURS)}) "
-                       rf"({'|'.join(SHAPES)}))?$")
-    assert all(kinds.match(e["caption"]) for e in pre), [e["caption"] for e in pre if not kinds.match(e["caption"])]
+    assert not any(is_canonical(e["caption"]) for e in pre)  # the canonical style is new downstream
+    assert all(is_canonical(e["caption"]) for e in down)
+
+
+def test_splits_are_disjoint_for_every_n(tmp_path):
+    """The test split of a small world holds no image of a bigger world's train split."""
+    small, big = tmp_path / "small", tmp_path / "big"
+    main(["--out", str(small), "--seed", "0", "--n", "60"])
+    main(["--out", str(big), "--seed", "0", "--n", "200"])
+    train = {(big / e["image"]).read_bytes() for t in TASKS for e in _load(big, f"{t}_train")}
+    held_out = {(small / e["image"]).read_bytes() for t in TASKS for s in ("val", "test") for e in _load(small, f"{t}_{s}")}
+    assert train and held_out and not train & held_out
+    # and growing a world only adds units: the small world's test images are the big one's first test images
+    assert held_out <= {(big / e["image"]).read_bytes() for t in TASKS for s in ("val", "test") for e in _load(big, f"{t}_{s}")}
+
+
+def test_alt_text_is_true_of_its_scene_and_sibling_texts_are_checked():
+    kinds, words = set(), set()
+    for p in range(200):
+        rng, a, b = scene_pair(1, POOL_PRETRAIN, "train", p, 64)
+        for scene in (a, b):
+            text, desc = alt_text(rng, scene)
+            assert holds(desc, scene) and not is_canonical(text) and text == text.lower()
+            words |= set(text.replace(",", " ").replace(":", " ").replace(";", " ").split())
+        kinds.add(len(a.groups))
+    assert kinds == {1, 2}
+    # pretraining speaks every word the downstream answers and captions need
+    assert set(COLOURS) | set(SHAPES) | {"one", "two", "three", "1", "2", "3", "0", "yes", "no", "left", "right",
+                                         "top", "bottom", "small", "large", "circles"} <= words
+    scene = scene_pair(1, POOL_DOWNSTREAM, "train", 0, 64)[1]
+    g = Group("red", "circle", 2, "left", "small"), Group("blue", "square", 1, "right", "large")
+    scene = type(scene)(g, 64, scene.background, scene.boxes[:1] * 2, scene.jitter[:1] * 2)
+    assert holds(Description((Mention(2, "red", "circle"), Mention(1, "blue", "square")), relation="left"), scene)
+    assert not holds(Description((Mention(2, "red", "circle"), Mention(1, "blue", "square")), relation="right"), scene)
+    assert holds(Description((Mention(0, shape="star"),)), scene)
+    assert not holds(Description((Mention(3, shape="circle"),)), scene)
+    assert holds(Description((Mention(size="small", region="left"),)), scene)
+    assert canonical_captions(scene) == ["two red circles left of one blue square", "one blue square right of two red circles"]
 
 
 def test_retrieval_siblings_differ_in_one_word(worlds):
@@ -103,7 +137,7 @@ def test_retrieval_siblings_differ_in_one_word(worlds):
             assert e["hard_negatives"] and set(e["hard_negatives"]).isdisjoint(e["caption"])
             ours, theirs = e["caption"][0].split(), e["hard_negatives"][0].split()
             assert len(ours) == len(theirs)  # same groups in the same order of mention
-            # colour, shape, relation: one word; count: one word, or two for "a circle" -> "two circles"
+            # colour, shape, relation: one word; count: one word, or two for "one circle" -> "two circles"
             assert 1 <= sum(x != y for x, y in zip(ours, theirs)) <= 2
             sibling = [f for f in entries if f["caption"] == e["hard_negatives"]]
             assert sibling, "the hard negative image is in the same split's gallery"
@@ -118,6 +152,6 @@ def test_vocabulary_is_closed_and_tokenizes_to_whole_words(worlds):
         assert text == text.lower()
         pieces = tokenizer.tokenize(text)
         assert not any(p.startswith("##") or p == "[UNK]" for p in pieces), (text, pieces)
-        assert len(pieces) == len(text.split())
+        assert len(pieces) == len(text.replace(",", " ,").replace(":", " :").replace(";", " ;").split())
     # a tokenizer from another seed's world has the very same vocabulary
     assert build_tokenizer(load_texts(worlds["c"])).get_vocab() == tokenizer.get_vocab()

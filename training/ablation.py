@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning (as training.pretrain does): on 2 shared
+# Idle OpenMP threads sleep instead of spinning (as training.shapes.pretrain does): on 2 shared
 # cores spinning made the first steps 10-20x slower. Only effective before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -223,7 +223,7 @@ def _per_task(values: list[int], tasks) -> dict[str, int]:
 def main(argv: list[str]) -> list[dict]:
     p = argparse.ArgumentParser(prog="python -m training.ablation", description=__doc__.split("\n")[0])
     p.add_argument("--backbone", required=True, help="backbone directory (the shipped default)")
-    p.add_argument("--world", required=True, help="shapes world directory (training.world --out)")
+    p.add_argument("--world", required=True, help="shapes world directory (training.shapes.world --out)")
     p.add_argument("--work", required=True, help="directory for adapters, checkpoints, logs and results.json")
     p.add_argument("--results", default="docs/results.md", help="markdown table to write (plot: same name .png)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks to run")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
-# Idle OpenMP threads sleep instead of spinning (as training.pretrain does): on 2 shared
+# Idle OpenMP threads sleep instead of spinning (as training.shapes.pretrain does): on 2 shared
 # cores spinning made the first steps 10-20x slower. Only effective before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

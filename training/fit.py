@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning (as training.pretrain does): on 2 shared
+# Idle OpenMP threads sleep instead of spinning (as training.shapes.pretrain does): on 2 shared
 # cores spinning made the first steps 10-20x slower. Only effective before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -42,6 +42,9 @@ class LoopConfig:
     seed: int = 0
     log_every: int = 10  # steps between JSONL records
     ckpt_every: int = 0  # also checkpoint every N steps inside an epoch (0: only at epoch ends)
+    max_steps: int = 0  # train at most this many steps in all; the schedule spans them (0: every epoch)
+    stop_after: int = 0  # checkpoint and return at this global step, as an interruption would (0: never)
+    workers: int = 0  # processes that build batches ahead of the step (0: built in this process, in turn)
     progress: bool = True
     retrieval: losses.RetrievalLossConfig = losses.RetrievalLossConfig()
 
@@ -66,6 +69,8 @@ class TaskLoss(nn.Module):
             return {"loss": losses.vqa_loss(self.bb, batch, self.route)}
         if task == "retrieval":
             return losses.retrieval_loss(self.bb, batch, self.route, self.cfg.retrieval, generator)
+        if task == "pretrain":  # every backbone weight trains (a FullFinetune of a fresh backbone)
+            return losses.pretrain_loss(self.bb, batch, self.route, self.cfg.retrieval, generator)
         raise ValueError(f"unknown task {task!r}")
 
 
@@ -90,6 +95,29 @@ def _seed_step(seed: int, rank: int, step: int, generator: torch.Generator) -> N
 
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class _Collate:
+    """Picklable collate for DataLoader workers: item indices -> (indices, batch)."""
+
+    def __init__(self, dataset, processor):
+        self.dataset, self.processor = dataset, processor
+
+    def __call__(self, idx: list[int]):
+        return idx, self.dataset.collate([self.dataset[i] for i in idx], self.processor)
+
+
+def _batches(dataset, processor, order: list[int], batch_size: int, start: int, stop: int, workers: int):
+    """(indices, batch) for steps start..stop-1 of one epoch's `order`. With workers, a
+    DataLoader builds them in other processes, two batches ahead: the same batches, since
+    a batch is a pure function of its indices."""
+    chunks = [order[s * batch_size:(s + 1) * batch_size] for s in range(start, stop)]
+    collate = _Collate(dataset, processor)
+    if workers <= 0:
+        return (collate(idx) for idx in chunks)
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=collate, num_workers=workers,
+                                         prefetch_factor=2, persistent_workers=False)
+    return iter(loader)
 
 
 def _frozen_check(bb, params: list[nn.Parameter]) -> None:
@@ -122,6 +150,8 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
     if steps_per_epoch == 0:
         raise ValueError(f"{len(dataset)} training items cannot fill one batch of {cfg.batch_size} x {world} processes")
     total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup))
 
     epoch, start_step, global_step, resumed_from = 0, 0, 0, None
@@ -153,16 +183,23 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
     try:
         if log and resumed_from is not None:
             log.write(json.dumps({"event": "resume", "global_step": global_step}) + "\n")
-        while epoch < cfg.epochs:
+        while epoch < cfg.epochs and global_step < total:
             sampler.set_epoch(epoch)
             order = list(sampler)
+            batches = _batches(dataset, bb.processor, order, cfg.batch_size, start_step, steps_per_epoch, cfg.workers)
             bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"{cfg.task} epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (cfg.progress and rank == 0), dynamic_ncols=True)
             t_window, n_window = time.perf_counter(), 0
+            interrupted_at = None
             for step in range(start_step, steps_per_epoch):
+                if global_step >= total:
+                    break
+                if cfg.stop_after and global_step >= cfg.stop_after:
+                    interrupted_at = step
+                    break
                 _seed_step(cfg.seed, rank, global_step, generator)
-                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                batch = _to(dataset.collate([dataset[i] for i in idx], bb.processor), bb.device)
+                idx, batch = next(batches)
+                batch = _to(batch, bb.device)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                     out = model(batch, generator)
                 opt.zero_grad(set_to_none=True)
@@ -186,6 +223,9 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
                 if cfg.ckpt_every and global_step % cfg.ckpt_every == 0 and step + 1 < steps_per_epoch:
                     checkpoint(epoch, step + 1)
             bar.close()
+            if interrupted_at is not None:
+                checkpoint(epoch, interrupted_at)  # resume exactly at the step not yet done
+                break
             epoch, start_step = epoch + 1, 0
             checkpoint(epoch, 0)
             if log:
@@ -201,4 +241,5 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
         assert all(torch.equal(c, copies[0]) for c in copies), "DDP replicas diverged"
     adapter.eval()
     return {"steps": global_step, "seconds": round(time.perf_counter() - t_start, 2), "last_loss": last_loss,
-            "resumed_from": resumed_from, "steps_per_epoch": steps_per_epoch, "config": asdict(cfg)}
+            "resumed_from": resumed_from, "steps_per_epoch": steps_per_epoch, "finished": global_step >= total,
+            "config": asdict(cfg)}

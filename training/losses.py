@@ -115,23 +115,35 @@ class RetrievalLossConfig:
 
 def retrieval_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Returns {"loss", "itc", "mcam", "itm"}. tau_1 is fixed (cfg.temp): a learnable one
-    would be a trainable parameter outside the adapter file."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    with routed(route(len(ids))):
+    """Returns {"loss", "itc", "mcam", "itm", "itm_acc"}. tau_1 is fixed (cfg.temp): a learnable
+    one would be a trainable parameter outside the adapter file. Pairs of the same image
+    (`image_idx`) are positives of each other."""
+    with routed(route(len(batch["input_ids"]))):
         image_embeds = tasks.encode_image(bb, batch["pixel_values"])  # (N, 1+P, Hv)
+    idx = batch["image_idx"].to(image_embeds.device)
+    out = contrastive_and_matching(bb, batch["input_ids"], batch["attention_mask"], image_embeds,
+                                   idx[:, None] == idx[None, :], route, cfg, generator)
+    out["loss"] = out["itc"] + cfg.mcam_weight * out["mcam"] + out["itm"]
+    return out
+
+
+def contrastive_and_matching(bb, ids, mask, image_embeds: torch.Tensor, positive: torch.Tensor, route: Route,
+                             cfg: RetrievalLossConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """ITC (+ MCAM) and ITM with hard negatives for N row-aligned (image, text) pairs.
+    ids/mask (N, L) texts; image_embeds (N, 1+P, Hv); positive (N, N) bool, images x
+    texts: which texts are true of which images (the diagonal at least)."""
+    n = len(ids)
+    with routed(route(n)):
         image_feat = tasks.image_features(bb, image_embeds)  # (N, D) unit
         text_feat = tasks.text_features(bb, tasks.encode_text(bb, ids, mask))  # (N, D) unit
     cos = image_feat.float() @ text_feat.float().t()  # (N, N) images x texts
     temp = cfg.temp
-    idx = batch["image_idx"].to(cos.device)
-    positive = idx[:, None] == idx[None, :]  # same image -> positive pair
+    positive = positive.to(cos.device)
     out = {"itc": itc_loss(cos / temp, positive)}
     out["mcam"] = mcam_loss(cos, cfg.mcam_tau) if cfg.mcam else cos.new_zeros(())
     if cfg.itm:
-        n = len(idx)
         neg_text = hard_negatives(cos / temp, positive, generator)  # per image
-        neg_image = hard_negatives(cos.t() / temp, positive, generator)  # per text
+        neg_image = hard_negatives(cos.t() / temp, positive.t(), generator)  # per text
         with routed(route(3 * n)):
             fused = tasks.fuse(bb, torch.cat([ids, ids[neg_text], ids]), torch.cat([mask, mask[neg_text], mask]),
                                torch.cat([image_embeds, image_embeds, image_embeds[neg_image]]))
@@ -140,7 +152,28 @@ def retrieval_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
         labels = torch.cat([torch.ones(n, device=cos.device), positive[arange, neg_text].float(),
                             positive[neg_image, arange].float()]).long()
         out["itm"] = F.cross_entropy(logits, labels)
+        out["itm_acc"] = (logits.argmax(1) == labels).float().mean().detach()
     else:
         out["itm"] = cos.new_zeros(())
-    out["loss"] = out["itc"] + cfg.mcam_weight * out["mcam"] + out["itm"]
+    return out
+
+
+def pretrain_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """BLIP's pretraining: ITC + ITM (hard negatives) + LM on one shared image encoding.
+    batch: pixel_values (N, 3, H, W); input_ids/attention_mask (N, L) the caption alone;
+    dec_ids/dec_mask (N, L') prompt + caption; prompt_len; positive (N, N) bool (which
+    captions are true of which images: paraphrases and partial captions of other images
+    are positives, never ITM negatives)."""
+    with routed(route(len(batch["input_ids"]))):
+        image_embeds = tasks.encode_image(bb, batch["pixel_values"])  # (N, 1+P, Hv)
+    out = contrastive_and_matching(bb, batch["input_ids"], batch["attention_mask"], image_embeds, batch["positive"],
+                                   route, cfg, generator)
+    ids, labels = lm_labels(batch["dec_ids"], batch["dec_mask"], bb.config.text_config.bos_token_id,
+                            batch["prompt_len"])
+    with routed(route(len(ids))):
+        out["lm"] = bb.text_decoder(input_ids=ids, attention_mask=batch["dec_mask"], encoder_hidden_states=image_embeds,
+                                    encoder_attention_mask=_ones_mask(image_embeds), labels=labels,
+                                    reduction="mean").loss
+    out["loss"] = out["itc"] + out["itm"] + out["lm"]
     return out

@@ -5,7 +5,7 @@ image) plus everything needed to draw it (background, per-object boxes). Drawing
 is done at twice the output size and box-filtered down, so edges are
 anti-aliased and the pixels are a pure function of the scene.
 
-Used by `training.world`; not run on its own.
+Used by `training.shapes.world` and `training.shapes.pretrain`; not run on its own.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 40, 190),
 }
 SHAPES = ("circle", "square", "triangle", "star")
-MAX_COUNT = 3  # objects per group; each group is one colour and one shape
+MAX_COUNT = 3  # objects per group; each group is one colour, one shape and one size
+# Object side in units of the image side, per size word: ~10-12 px vs ~17-20 px at 64 px,
+# far enough apart to read at a glance, and a large object still fits its cell (1/3).
+SIZES: dict[str, tuple[float, float]] = {"small": (0.15, 0.19), "large": (0.27, 0.31)}
 # Which half of the image a group occupies; "all" = the one group of a 1-group scene.
 REGIONS = ("left", "right", "top", "bottom", "all")
 OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
@@ -38,6 +41,7 @@ class Group:
     shape: str
     count: int
     region: str  # one of REGIONS
+    size: str = "large"  # a key of SIZES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +72,12 @@ def _slots(region: str) -> list[tuple[float, float, float, float]]:
     raise ValueError(f"unknown region {region!r}")
 
 
-def place(rng: np.random.Generator, region: str, count: int) -> tuple[tuple[float, float, float], ...]:
-    """Boxes (cx, cy, side) for `count` objects of one group inside `region`."""
+def place(rng: np.random.Generator, region: str, count: int, size: str = "large"
+          ) -> tuple[tuple[float, float, float], ...]:
+    """Boxes (cx, cy, side) for `count` objects of one group of `size` inside `region`."""
     cells = _slots(region)
     chosen = sorted(rng.choice(len(cells), size=count, replace=False).tolist())
-    side = float(rng.uniform(0.2, 0.3))  # one size per group: ~13-19 px at 64 px
+    side = float(rng.uniform(*SIZES[size]))  # one side per group
     boxes = []
     for c in chosen:
         x0, y0, x1, y1 = cells[c]

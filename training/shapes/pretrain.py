@@ -1,0 +1,160 @@
+"""Pretrain the small default BLIP backbone from scratch on a stream of the shapes world.
+
+    python -m training.shapes.pretrain --out models/blip-shapes --steps 4000
+    python -m training.shapes.pretrain --out models/blip-shapes --steps 4000 --resume   # after a stop
+
+Every BLIP part trains with BLIP's three objectives (training.losses.pretrain_loss:
+ITC, ITM with hard negatives, LM) through training.loop, the same loop, schedule and
+checkpointing that fit adapters. The data is a deterministic stream: step s sees the
+sibling pairs `training.shapes.world.scene_pair(seed, pretraining pool, train, i)` for
+its indices i, each with a fresh alt-text caption, so no image repeats and a resumed run
+sees exactly the batches an uninterrupted one would. Siblings differ in one attribute
+and sit in the same batch: every batch carries hard negatives (for ITC and ITM) that
+only grounding can tell apart, and `positive[i, j]` = "caption j is true of image i"
+(training.shapes.language.holds) keeps paraphrases and partial captions from becoming
+false negatives.
+
+Writes a *backbone directory* to --out (config.json, model.safetensors, processor files)
+and pretrain.json (arguments, wall time, last losses, and the probe of
+training.shapes.probe on validation pairs); checkpoints go to <out>.ckpt/ and a JSONL
+log to <out>.ckpt/log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning: on 2 cores shared with other jobs,
+# spinning threads made steps 5-10x slower. Only effective before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from transformers import BlipConfig, BlipTextConfig, BlipVisionConfig  # noqa: E402
+
+from adapters.backbone import Backbone  # noqa: E402
+from adapters.full import FullFinetune  # noqa: E402
+from training import losses  # noqa: E402
+from training.loop import LoopConfig, train  # noqa: E402
+from training.shapes.language import vocabulary_texts  # noqa: E402
+from training.shapes.probe import probe  # noqa: E402
+from training.shapes.world import AltTextPairs  # noqa: E402
+from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer  # noqa: E402
+
+
+def make_config(ids: dict[str, int], hidden: int, layers: int, heads: int, image_size: int, patch: int,
+                max_positions: int = 64) -> BlipConfig:
+    """A BlipConfig with equal vision and text widths (VCRA shares one A, B across
+    modalities). `ids` comes from training.tokenizer.blip_text_config_ids."""
+    vision = BlipVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                              num_attention_heads=heads, image_size=image_size, patch_size=patch,
+                              initializer_range=0.02)  # transformers' default 1e-10 suits loading, not training
+    text = BlipTextConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                          num_attention_heads=heads, encoder_hidden_size=hidden,
+                          max_position_embeddings=max_positions, **ids)
+    return BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden,
+                      image_text_hidden_size=hidden)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.shapes.pretrain", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="backbone directory to write (e.g. models/blip-shapes)")
+    p.add_argument("--world-seed", type=int, default=0, help="seed of the streamed world")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, batch order and negative sampling")
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (the LR schedule spans them)")
+    p.add_argument("--batch-pairs", type=int, default=32, help="sibling pairs per step (rows = 2x)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    p.add_argument("--warmup", type=float, default=0.04, help="fraction of steps with linear warmup, then cosine")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (BLIP uses 0.05)")
+    p.add_argument("--itc-temp", type=float, default=0.07, help="ITC temperature (fixed)")
+    p.add_argument("--hidden", type=int, default=128, help="vision and text width (kept equal for VCRA)")
+    p.add_argument("--layers", type=int, default=4, help="layers of the vision encoder, text encoder, decoder each")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--patch", type=int, default=8, help="ViT patch side in pixels")
+    p.add_argument("--image-size", type=int, default=64, help="image side in pixels (world and model)")
+    p.add_argument("--max-len", type=int, default=40, help="max text tokens, prompt included")
+    p.add_argument("--max-positions", type=int, default=64, help="text position embeddings (longest servable text)")
+    p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt/last.pt if it exists")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="leave at this step with the checkpoint kept, as an interruption would (0: run to the end)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering batches ahead of the step")
+    p.add_argument("--probe-pairs", type=int, default=300, help="validation pairs the final probe scores (0: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log only)")
+    return p.parse_args(argv)
+
+
+def build_backbone(args) -> Backbone:
+    """A fresh, randomly initialised backbone with the world's tokenizer and processor."""
+    tokenizer = build_tokenizer(vocabulary_texts(), model_max_length=args.max_len)
+    processor = build_processor(tokenizer, args.image_size)
+    config = make_config(blip_text_config_ids(tokenizer), args.hidden, args.layers, args.heads, args.image_size,
+                         args.patch, args.max_positions)
+    torch.manual_seed(args.seed)
+    return Backbone.from_config(config, processor)  # each part with transformers' own init
+
+
+def main(argv: list[str]) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    ckpt_dir = out.parent / (out.name + ".ckpt")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    fresh = build_backbone(args)
+    model = FullFinetune(fresh, task="pretrain")  # trains a copy; `fresh` stays the untouched init (asserted)
+    n_params = model.trainable_count()
+    data = AltTextPairs(args.world_seed, "train", args.steps * args.batch_pairs, args.image_size)
+    print(f"{n_params / 1e6:.2f}M parameters, {args.steps} steps x {2 * args.batch_pairs} rows, "
+          f"vocab {len(fresh.processor.tokenizer)}", flush=True)
+    cfg = LoopConfig(task="pretrain", epochs=1, batch_size=args.batch_pairs, lr=args.lr,
+                     weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed, log_every=10,
+                     ckpt_every=args.ckpt_every, stop_after=args.stop_after, workers=args.workers,
+                     progress=not args.no_progress,
+                     retrieval=losses.RetrievalLossConfig(temp=args.itc_temp))
+    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "threads", "probe_pairs",
+                                                                 "no_progress", "ckpt_every", "stop_after", "workers")}
+    result = train(fresh, model, data, cfg, ckpt_path=ckpt_dir / "last.pt", log_path=ckpt_dir / "log.jsonl",
+                   resume=args.resume, recipe=recipe)
+    if not result["finished"]:
+        return {"stopped_at": result["steps"]}
+    model.model.save_pretrained(out)  # config.json, model.safetensors (fp32), processor files
+    record = {"args": vars(args), "parameters": n_params, "train_seconds_this_run": result["seconds"],
+              "train_seconds": _logged_seconds(ckpt_dir / "log.jsonl"), "last": _last_record(ckpt_dir / "log.jsonl")}
+    if args.probe_pairs:
+        record["probe"] = probe(Backbone.from_dirs(out), args.world_seed, "val", args.probe_pairs,
+                                sheet=out / "contact_sheet.png")
+        print(json.dumps(record["probe"], indent=1))
+    (out / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _records(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
+def _last_record(log: Path) -> dict:
+    steps = [r for r in _records(log) if "step" in r and "loss" in r]
+    return steps[-1] if steps else {}
+
+
+def _logged_seconds(log: Path) -> float:
+    """Wall time over every run of this checkpoint directory (each resume restarts elapsed_s)."""
+    total, last = 0.0, 0.0
+    for r in _records(log):
+        if r.get("event") == "resume":
+            total, last = total + last, 0.0
+        elif "elapsed_s" in r:
+            last = r["elapsed_s"]
+    return round(total + last, 1)
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main(sys.argv[1:])
+    print(f"done in {time.perf_counter() - t0:.0f} s")

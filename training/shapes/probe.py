@@ -1,0 +1,158 @@
+"""What a backbone knows of the shapes world: sibling-pair probes of ITC, ITM and LM.
+
+    python -m training.shapes.probe --backbone models/blip-shapes --pairs 300 --sheet /tmp/sheet.png
+
+A sibling pair is two scenes differing in one attribute (colour, shape, count, size or
+the relation), each with an alt-text caption false of the other scene. A backbone
+that grounds the attribute scores its own caption above the sibling's. Per part:
+- itc: cosine(image, own caption) > cosine(image, sibling's caption)
+- itm: P(match | image, own) > P(match | image, sibling's); itm_acc: P > 0.5 is right on all four
+- lm: log-likelihood of the own caption after "a picture of " > the sibling's
+- lm_canonical: the same with the downstream canonical captions ("two red circles left
+  of one blue square"), a format never pretrained: what an adapter can re-route.
+Each as % of pairs, overall and by the attribute that differs. Chance is 50%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from adapters import tasks
+from adapters.backbone import Backbone
+from training.shapes.language import PROMPT, canonical_captions, holds
+from training.shapes.render import Scene
+from training.shapes.world import AltTextPairs  # the stream pretraining reads
+
+
+def difference(a: Scene, b: Scene) -> str:
+    """Which attribute tells siblings apart."""
+    for ga, gb in zip(a.groups, b.groups):
+        for attr in ("colour", "shape", "count", "size"):
+            if getattr(ga, attr) != getattr(gb, attr):
+                return attr
+    return "relation"
+
+
+def caption_log_likelihood(bb, image_embeds: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """Sum of log p(text tokens + [SEP] | image, prompt) per row: (N,)."""
+    tok = bb.processor.tokenizer([PROMPT + t for t in texts], padding="longest", return_tensors="pt")
+    ids, mask = tok.input_ids.clone(), tok.attention_mask
+    ids[:, 0] = bb.config.text_config.bos_token_id
+    logits = bb.text_decoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds,
+                             encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long)).logits
+    logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (N, L-1)
+    scored = mask[:, 1:].clone()
+    scored[:, : len(bb.processor.tokenizer(PROMPT).input_ids) - 2] = 0  # prompt words are given, not scored
+    return (logp * scored).sum(-1)
+
+
+@torch.inference_mode()
+def _pair_scores(bb, images, own: list[str], other: list[str]) -> dict[str, np.ndarray]:
+    """Per image i (rows of `images`): scores of own[i] and other[i] for ITC, ITM, LM."""
+    pv = tasks.pixels(bb, images)
+    embeds = tasks.encode_image(bb, pv)
+    img = tasks.image_features(bb, embeds)
+    out = {}
+    for name, texts in (("own", own), ("other", other)):
+        ids, mask = tasks.tokens(bb, texts)
+        txt = tasks.text_features(bb, tasks.encode_text(bb, ids, mask))
+        fused = tasks.fuse(bb, ids, mask, embeds)
+        out[f"itc_{name}"] = (img * txt).sum(-1).float().numpy()
+        out[f"itm_{name}"] = bb.itm_head(fused[:, 0]).float().softmax(-1)[:, 1].numpy()
+        out[f"lm_{name}"] = caption_log_likelihood(bb, embeds, texts).numpy()
+    return out
+
+
+def probe(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int = 300, *, batch_pairs: int = 32,
+          sheet: str | Path | None = None) -> dict:
+    data = AltTextPairs(world_seed, split, n_pairs, bb.config.vision_config.image_size)
+    rows = defaultdict(list)
+    kinds: list[str] = []
+    sheet_items = []
+    for start in range(0, n_pairs, batch_pairs):
+        pairs = [data[p] for p in range(start, min(n_pairs, start + batch_pairs))]
+        keep = [(a, b) for a, b in pairs if not holds(b[3], a[0]) and not holds(a[3], b[0])]
+        images, own, other, canon_own, canon_other = [], [], [], [], []
+        for a, b in keep:
+            kinds += [difference(a[0], b[0])] * 2
+            for x, y in ((a, b), (b, a)):
+                images.append(x[1])
+                own.append(x[2])
+                other.append(y[2])
+                canon_own.append(canonical_captions(x[0])[0])
+                canon_other.append(canonical_captions(y[0])[0])
+        if not images:
+            continue
+        for k, v in _pair_scores(bb, images, own, other).items():
+            rows[k].append(v)
+        with torch.inference_mode():
+            embeds = tasks.encode_image(bb, tasks.pixels(bb, images))
+            rows["canon_own"].append(caption_log_likelihood(bb, embeds, canon_own).numpy())
+            rows["canon_other"].append(caption_log_likelihood(bb, embeds, canon_other).numpy())
+        if len(sheet_items) < 16:
+            sheet_items += list(zip(images, own))[: 16 - len(sheet_items)]
+    s = {k: np.concatenate(v) for k, v in rows.items()}
+    wins = {"itc": s["itc_own"] > s["itc_other"], "itm": s["itm_own"] > s["itm_other"],
+            "lm": s["lm_own"] > s["lm_other"], "lm_canonical": s["canon_own"] > s["canon_other"]}
+    kinds_arr = np.array(kinds)
+    result = {"split": split, "pairs": len(kinds) // 2,
+              **{k: round(float(100 * v.mean()), 1) for k, v in wins.items()},
+              "itm_acc": round(float(100 * np.mean([(s["itm_own"] > 0.5).mean(), (s["itm_other"] <= 0.5).mean()])), 1),
+              "by_attribute": {a: {k: round(float(100 * v[kinds_arr == a].mean()), 1) for k, v in wins.items()}
+                               for a in sorted(set(kinds))}}
+    if sheet:
+        images, refs = zip(*sheet_items)
+        with torch.inference_mode():
+            hyps = tasks.caption(bb, tasks.pixels(bb, list(images)))
+        result["examples"] = [{"alt_text": r, "greedy": h} for r, h in zip(refs[:4], hyps[:4])]
+        contact_sheet(list(images), list(hyps), list(refs), Path(sheet))
+    return result
+
+
+def contact_sheet(images: list[Image.Image], hyps: list[str], refs: list[str], out: Path, scale: int = 3,
+                  cols: int = 4) -> None:
+    """Grid of images (upscaled `scale`x, nearest), each with its greedy caption and,
+    below in grey, the alt text it was drawn with."""
+    side = images[0].width * scale
+    cell_w, text_h = max(side, 256), 56
+    rows = (len(images) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * cell_w, rows * (side + text_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=13)
+    for k, (image, hyp, ref) in enumerate(zip(images, hyps, refs)):
+        x, y = (k % cols) * cell_w, (k // cols) * (side + text_h)
+        sheet.paste(image.convert("RGB").resize((side, side), Image.Resampling.NEAREST), (x + (cell_w - side) // 2, y))
+        lines = [(line, "black") for line in textwrap.wrap(hyp, 34)[:2]] + [("alt: " + ref[:36], "grey")]
+        for n, (line, colour) in enumerate(lines):
+            draw.text((x + 4, y + side + 3 + 16 * n), line, fill=colour, font=font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, format="PNG", optimize=True)
+
+
+def main(argv: list[str]) -> dict:
+    p = argparse.ArgumentParser(prog="python -m training.shapes.probe", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backbone", required=True, help="backbone directory (e.g. models/blip-shapes)")
+    p.add_argument("--world-seed", type=int, default=0, help="world seed of the probe pairs")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split's pairs")
+    p.add_argument("--pairs", type=int, default=300, help="sibling pairs to score")
+    p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of 16 images with greedy captions")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = probe(Backbone.from_dirs(args.backbone), args.world_seed, args.split, args.pairs, sheet=args.sheet)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
