@@ -71,6 +71,22 @@ def test_each_task_trains_and_loads_in_the_table(world, tmp_path, task, kind):
     assert result["trainable_params"] == summary["trainable_params"]
 
 
+def test_max_steps_and_validation_curve(world, tmp_path):
+    """--max-steps ends training early with the schedule spanning it; --eval-every logs a
+    validation curve whose last point is the summary's val metric."""
+    out = tmp_path / "vqa.safetensors"
+    summary = fit.main(_args(world, "vqa", out, "--epochs", "3", "--train-limit", "16", "--val-limit", "4",
+                             "--max-steps", "5", "--eval-every", "2"))
+    assert summary["steps"] == 5
+    log = [json.loads(line) for line in out.with_name(out.name + ".log.jsonl").read_text().splitlines()]
+    curve = [r for r in log if r.get("event") == "val"]
+    assert [r["step"] for r in curve] == [2, 4, 5]
+    assert curve[-1]["main"] == summary["val_main"] == curve[-1]["accuracy"]
+    lrs = [r["lr"] for r in log if "lr" in r]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the cosine reached its end at step 5, not at 3 epochs
+    assert "(default: 0)" in fit.build_parser().format_help().replace("\n", " ")
+
+
 def test_only_adapter_parameters_train_and_backbone_is_unchanged(world, tmp_path):
     bb = Backbone.from_dirs(world / "bb")
     before = [(n, p, p.detach().clone()) for n, p in bb.named_parameters()]  # injection renames, so by identity

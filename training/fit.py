@@ -37,7 +37,8 @@ DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "vera": 2e-2, "vcra": 2e-2, "vcra-qasn
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, choices=sorted(DATASETS), help="task the adapter is trained for")
     p.add_argument("--kind", default="vcra-qasn", choices=adapters_io.KINDS,
                    help="adapter kind; 'full' fine-tunes every backbone weight (baseline)")
@@ -48,22 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="adapter file to write (.safetensors); for --kind full a backbone directory")
     p.add_argument("--rank", type=int, default=16, help="low rank r of the A/B matrices (VCRA, VeRA, LoRA)")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default per kind: {DEFAULT_LR})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (None: per kind, {DEFAULT_LR})")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training data")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many optimizer steps in all; the LR schedule spans them (0: all epochs)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also log the validation metrics every N steps (JSONL 'val' events: a metric/steps curve)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per process")
     p.add_argument("--seed", type=int, default=0, help="seed of the adapter init, data order and sampling")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="fp32, or bf16 autocast for the forward (weights and optimizer stay fp32)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out if there is one")
-    p.add_argument("--log", default=None, help="JSONL log path (default: <out>.log.jsonl)")
-    p.add_argument("--ckpt", default=None, help="checkpoint path (default: <out>.ckpt.pt)")
+    p.add_argument("--log", default=None, help="JSONL log path (None: <out>.log.jsonl)")
+    p.add_argument("--ckpt", default=None, help="checkpoint path (None: <out>.ckpt.pt)")
     p.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps (0: each epoch only)")
     p.add_argument("--log-every", type=int, default=10, help="steps between JSONL log records")
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps with linear LR warmup")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     p.add_argument("--train-ab", action="store_true", help="VCRA/VeRA: also train the shared A, B matrices")
     p.add_argument("--mcam", action=argparse.BooleanOptionalAction, default=None,
-                   help="retrieval: add the MCAM loss (default: on for vcra-qasn, off otherwise)")
+                   help="retrieval: add the MCAM loss (None: on for vcra-qasn, off otherwise)")
     p.add_argument("--mcam-tau", type=float, default=0.07, help="MCAM softmax temperature tau (paper eq. 9)")
     p.add_argument("--itc-temp", type=float, default=0.07, help="ITC temperature tau_1 (fixed)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training entries")
@@ -88,7 +93,7 @@ def _init_distributed() -> tuple[int, int, str]:
 
 def recipe_of(args, world: int, lr: float, mcam: bool) -> dict:
     return {"task": args.task, "kind": args.kind, "rank": args.rank, "seed": args.seed, "lr": lr,
-            "epochs": args.epochs, "batch_size": args.batch_size, "world_size": world, "precision": args.precision,
+            "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "world_size": world, "precision": args.precision,
             "train_limit": args.train_limit, "weight_decay": args.weight_decay, "warmup": args.warmup,
             "mcam": mcam, "mcam_tau": args.mcam_tau, "itc_temp": args.itc_temp, "train_ab": args.train_ab,
             "train": str(args.train), "backbone": str(args.backbone)}
@@ -113,7 +118,7 @@ def main(argv: list[str]) -> dict:
         ds = DATASETS[args.task](load_json(args.train)[: args.train_limit], args.image_root)
         cfg = LoopConfig(task=args.task, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                          weight_decay=args.weight_decay, warmup=args.warmup, precision=args.precision,
-                         seed=args.seed, log_every=args.log_every, ckpt_every=args.ckpt_every,
+                         seed=args.seed, log_every=args.log_every, ckpt_every=args.ckpt_every, max_steps=args.max_steps,
                          progress=not args.no_progress,
                          retrieval=losses.RetrievalLossConfig(temp=args.itc_temp, mcam=mcam, mcam_tau=args.mcam_tau))
         recipe = recipe_of(args, world, lr, mcam)
@@ -121,8 +126,14 @@ def main(argv: list[str]) -> dict:
         ckpt_path = Path(args.ckpt) if args.ckpt else out.with_name(out.name + ".ckpt.pt")
         if rank == 0:
             out.parent.mkdir(parents=True, exist_ok=True)
+        val = DATASETS[args.task](load_json(args.val)[: args.val_limit], args.image_root)
+
+        def validate() -> dict:
+            metrics = evaluate(args.task, *adapters_io.live(bb, adapter), val)
+            return {"main": metrics[MAIN_METRIC[args.task]], **{k: v for k, v in metrics.items() if k != "example"}}
+
         result = train(bb, adapter, ds, cfg, ckpt_path=ckpt_path, log_path=log_path, resume=args.resume,
-                       recipe=recipe)
+                       recipe=recipe, evaluate_every=args.eval_every, evaluate=None if args.no_eval else validate)
         # the frozen backbone must come out bit-identical (a full fine-tune trains a copy)
         changed = [n for n, p, v in before if not torch.equal(p.detach(), v)]
         assert not changed, f"frozen backbone weights changed during training: {changed[:5]}"
@@ -131,11 +142,10 @@ def main(argv: list[str]) -> dict:
                    "steps": result["steps"], "train_seconds": result["seconds"], "last_loss": result["last_loss"],
                    "resumed_from": result["resumed_from"], "world_size": world}
         if rank == 0:
-            if not args.no_eval:
-                val = DATASETS[args.task](load_json(args.val)[: args.val_limit], args.image_root)
-                metrics = evaluate(args.task, *adapters_io.live(bb, adapter), val)
-                summary["val"] = {k: v for k, v in metrics.items() if k != "example"}
-                summary["val_main"] = metrics[MAIN_METRIC[args.task]]
+            if not args.no_eval:  # the loop's last 'val' event: the finished adapter on the validation split
+                last = [json.loads(x) for x in log_path.read_text().splitlines() if '"event": "val"' in x][-1]
+                summary["val"] = {k: v for k, v in last.items() if k not in ("event", "step", "main")}
+                summary["val_main"] = last["main"]
             adapters_io.save(adapter, out, recipe={**recipe, "result": summary})
             with open(log_path, "a") as f:
                 f.write(json.dumps({"event": "done", **summary}) + "\n")

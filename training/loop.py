@@ -15,6 +15,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,14 @@ def _batches(dataset, processor, order: list[int], batch_size: int, start: int, 
     return iter(loader)
 
 
+def _log_val(log, step: int, adapter: nn.Module, evaluate: Callable[[], dict]) -> None:
+    adapter.eval()
+    metrics = evaluate()
+    adapter.train()
+    log.write(json.dumps({"event": "val", "step": step, **metrics}) + "\n")
+    log.flush()
+
+
 def _frozen_check(bb, params: list[nn.Parameter]) -> None:
     """The backbone is frozen: none of its parameters requires grad, and the optimizer
     holds none of them (a full fine-tune trains its own copy, never `bb`)."""
@@ -130,8 +139,11 @@ def _frozen_check(bb, params: list[nn.Parameter]) -> None:
 
 
 def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, log_path: Path | None,
-          resume: bool, recipe: dict) -> dict[str, Any]:
-    """Train `adapter` (of the frozen backbone `bb`) in place.
+          resume: bool, recipe: dict, evaluate_every: int = 0,
+          evaluate: Callable[[], dict] | None = None) -> dict[str, Any]:
+    """Train `adapter` (of the frozen backbone `bb`) in place. With `evaluate` (rank 0 only),
+    its result is logged as {"event": "val", "step", ...} every `evaluate_every` steps and at
+    the end: a metric-against-steps curve from one run.
     Returns {"steps", "seconds", "last_loss", "resumed_from", ...}."""
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -214,7 +226,7 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
                 rate = n_window / max(1e-9, time.perf_counter() - t_window)
                 bar.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{rate:.1f}")
                 bar.update(1)
-                if log and (global_step % cfg.log_every == 0 or step + 1 == steps_per_epoch):
+                if log and (global_step % cfg.log_every == 0 or step + 1 == steps_per_epoch or global_step == total):
                     rec = {"step": global_step, "epoch": epoch, **{k: round(v.item(), 6) for k, v in out.items()},
                            "lr": sched.get_last_lr()[0], "samples_per_s": round(rate, 2),
                            "elapsed_s": round(time.perf_counter() - t_start, 2)}
@@ -222,6 +234,8 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
                     log.flush()
                 if cfg.ckpt_every and global_step % cfg.ckpt_every == 0 and step + 1 < steps_per_epoch:
                     checkpoint(epoch, step + 1)
+                if evaluate and log and evaluate_every and global_step % evaluate_every == 0 and global_step < total:
+                    _log_val(log, global_step, adapter, evaluate)
             bar.close()
             if interrupted_at is not None:
                 checkpoint(epoch, interrupted_at)  # resume exactly at the step not yet done
@@ -231,6 +245,8 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
             if log:
                 log.write(json.dumps({"event": "epoch_end", "epoch": epoch, "step": global_step}) + "\n")
                 log.flush()
+        if evaluate and log and global_step >= total:
+            _log_val(log, global_step, adapter, evaluate)
     finally:
         if log:
             log.close()

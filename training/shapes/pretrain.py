@@ -118,7 +118,8 @@ def main(argv: list[str]) -> dict:
                      progress=not args.no_progress,
                      retrieval=losses.RetrievalLossConfig(temp=args.itc_temp))
     recipe = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "threads", "probe_pairs",
-                                                                 "no_progress", "ckpt_every", "stop_after", "workers")}
+                                                                 "no_progress", "ckpt_every", "stop_after", "workers",
+                                                                 "steps")}  # --resume may re-span the schedule
     result = train(fresh, model, data, cfg, ckpt_path=ckpt_dir / "last.pt", log_path=ckpt_dir / "log.jsonl",
                    resume=args.resume, recipe=recipe)
     if not result["finished"]:
