@@ -1,7 +1,7 @@
 """The ablation of the paper's Table 8, on the shapes world, for all three tasks.
 
     python -m training.ablation --backbone models/blip-shapes --world /tmp/shapes-world \
-        --work /tmp/ablation --results docs/results.md
+        --work /tmp/ablation --results docs/results.md --seeds 0 1 2 --lr-search 3e-4 3e-3 2e-2
 
 Rows: frozen backbone, full fine-tune, LoRA, VeRA without cross-modal sharing (one
 pair per modality, the paper's '+scaling vectors'), VCRA, VCRA+QASN, VCRA+QASN+MCAM,
@@ -9,8 +9,11 @@ all at one rank. Every row is a real `training.fit` run (same flags, seed and bu
 whose output file is evaluated by `training.evaluate` on the test split, loaded
 through the AdapterTable as the server loads it. MCAM regularises ITC, so it only
 changes retrieval; for caption and VQA that row repeats VCRA+QASN (no extra run).
-Writes `<work>/results.json`, the markdown table to --results and a PNG plot of the
-main metric against trainable parameters (log x) beside it.
+With --lr-search, each kind's learning rate per task is first chosen on the VALIDATION
+split (seed 0, same budget; fit's val metric), never on test. With several --seeds the
+cells are mean ± std. Writes `<work>/results.json`, the markdown table to --results,
+a PNG of the main metric against trainable parameters (log x) and one of the
+validation metric against training steps (fit --eval-every) beside it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 # Idle OpenMP threads sleep instead of spinning (as training.shapes.pretrain does): on 2 shared
 # cores spinning made the first steps 10-20x slower. Only effective before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
 
 from training import evaluate as evaluate_cli
 from training import fit
@@ -48,43 +53,46 @@ def _out_path(work: str, task: str, row: str, kind: str | None) -> Path:
     return Path(work) / task / (slug if kind == "full" else f"{slug}.safetensors")
 
 
-def loss_curves(results: list[dict], args) -> list[str]:
-    """First and last logged training loss of every trained row (from fit's JSONL logs):
+def loss_curves(results: list[dict]) -> list[str]:
+    """First and last logged training loss of every trained run (from fit's JSONL logs):
     a loss still falling at the end means the budget, not the method, set the metric."""
-    out = ["| task | method | steps | loss at step 10 | loss at 50% | final loss |", "|---|---|---|---|---|---|"]
+    out = ["| task | method | seed | steps | loss at step 10 | loss at 50% | final loss |",
+           "|---|---|---|---|---|---|---|"]
     for r in results:
-        if r["kind"] == "frozen" or r.get("repeat"):
-            continue
-        path = _out_path(args.work, r["task"], r["row"], r["kind"])
-        log = path.with_name(path.name + ".log.jsonl")
-        if not log.exists():
+        log = Path(r.get("log") or "")
+        if r["kind"] == "frozen" or r.get("repeat") or not log.is_file():
             continue
         steps = [x for x in map(json.loads, log.read_text().splitlines()) if "step" in x and "loss" in x]
         if steps:
             mid = steps[len(steps) // 2]
-            out.append(f"| {r['task']} | {r['row']} | {steps[-1]['step']} | {steps[0]['loss']:.3f} | "
+            out.append(f"| {r['task']} | {r['row']} | {r['seed']} | {steps[-1]['step']} | {steps[0]['loss']:.3f} | "
                        f"{mid['loss']:.3f} | {steps[-1]['loss']:.3f} |")
     return out
 
 
-def run_row(args, task: str, row: str, kind: str | None, extra: list[str]) -> dict:
-    out = _out_path(args.work, task, row, kind)
+def run_row(args, task: str, row: str, kind: str | None, extra: list[str], seed: int = 0, lr: float | None = None,
+            tag: str = "") -> dict:
+    out = _out_path(args.work, task, f"{row} s{seed}" + (f" lr{lr:g}" if tag else ""), kind)
     t0 = time.perf_counter()
     train = {}
     if kind is not None:
         flags = ["--task", task, "--kind", kind, "--backbone", args.backbone, "--image-root", args.world,
                  "--train", f"{args.world}/{task}_train.json", "--val", f"{args.world}/{task}_val.json",
-                 "--out", str(out), "--rank", str(args.rank), "--seed", str(args.seed), "--epochs", str(args.epochs),
-                 "--batch-size", str(args.batch_size), "--train-limit", str(args.train_limit[task]), "--no-eval",
-                 "--no-progress", "--resume", *extra]
-        if kind == "full" and args.full_lr is not None:
-            flags += ["--lr", str(args.full_lr)]
+                 "--out", str(out), "--rank", str(args.rank), "--seed", str(seed), "--epochs", str(args.epochs),
+                 "--batch-size", str(args.batch_size), "--train-limit", str(args.train_limit[task]),
+                 "--val-limit", str(args.val_limit), "--eval-every", str(args.eval_every), "--no-progress",
+                 "--resume", *extra]
+        if lr is not None:
+            flags += ["--lr", str(lr)]
         train = fit.main(flags)
+    if tag == "lr-search":  # chosen on validation only: no test evaluation
+        return {"task": task, "row": row, "kind": kind, "seed": seed, "lr": lr, "val_main": train["val_main"]}
     metrics = evaluate_cli.main(["--task", task, "--backbone", args.backbone, "--adapter",
                                  str(out) if kind else "none", "--data", f"{args.world}/{task}_test.json",
                                  "--image-root", args.world, "--limit", str(args.test_limit[task]),
                                  "--k-test", str(args.k_test)])
-    return {"task": task, "row": row, "kind": kind or "frozen", "main": metrics[evaluate_cli.MAIN_METRIC[task]],
+    return {"task": task, "row": row, "kind": kind or "frozen", "seed": seed, "lr": lr, "log": str(out) + ".log.jsonl",
+            "main": metrics[evaluate_cli.MAIN_METRIC[task]], "val_main": train.get("val_main"),
             "metrics": metrics, "trainable_params": metrics["trainable_params"],
             "paper_params": train.get("paper_params", metrics["trainable_params"]),
             "train_seconds": train.get("train_seconds", 0.0), "steps": train.get("steps", 0),
@@ -95,31 +103,52 @@ def _fmt(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
-def write_markdown(results: list[dict], args, path: Path, plot: Path, wall: float) -> None:
+def _runs(results: list[dict], task: str, row: str) -> list[dict]:
+    return [r for r in results if r["task"] == task and r["row"] == row and "main" in r]
+
+
+def _mean_std(runs: list[dict]) -> tuple[float, float]:
+    values = np.array([r["main"] for r in runs], dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _cell(runs: list[dict]) -> str:
+    mean, std = _mean_std(runs)
+    return f"{mean:.1f} ± {std:.1f} (n={len(runs)})" if len(runs) > 1 else f"{mean:.1f}"
+
+
+def write_markdown(results: list[dict], args, path: Path, plots: list[Path], wall: float) -> None:
     from adapters.backbone import Backbone
 
     vocab = vocabulary_gap(args.world, Backbone.from_dirs(args.backbone).processor)
-    lines = [f"| method | {' | '.join(f'{t}: {METRIC_NAME[t]} / trainable (paper Θ)' for t in args.tasks)} |",
+    lines = [f"| method | {' | '.join(f'{t}: {METRIC_NAME[t]} / trainable (paper Θ) / lr' for t in args.tasks)} |",
              "|---|" + "---|" * len(args.tasks)]
     for row, _, _ in ROWS:
         cells = []
         for task in args.tasks:
-            r = next((x for x in results if x["task"] == task and x["row"] == row), None)
-            if r is None:
+            runs = _runs(results, task, row)
+            if not runs:
                 cells.append("not run")
                 continue
+            r = runs[0]
             note = " (= VCRA+QASN: no ITC)" if r.get("repeat") else ""
-            cells.append(f"{r['main']:.1f} / {_fmt(r['trainable_params'])} ({_fmt(r['paper_params'])}){note}")
+            lr = f" / {r['lr']:g}" if r.get("lr") else ""
+            cells.append(f"{_cell(runs)} / {_fmt(r['trainable_params'])} ({_fmt(r['paper_params'])}){lr}{note}")
         lines.append(f"| {row} | {' | '.join(cells)} |")
-    budget = (f"rank {args.rank}, seed {args.seed}, {args.epochs} epoch(s), batch {args.batch_size}, train entries "
-              f"{args.train_limit}, test entries {args.test_limit}, retrieval k_test {args.k_test}")
+    search = [r for r in results if "val_main" in r and "main" not in r]
+    lr_lines = ["| task | method | learning rate | validation metric |", "|---|---|---|---|"]
+    lr_lines += [f"| {r['task']} | {r['row']} | {r['lr']:g} | {r['val_main']:.1f} |" for r in search]
+    budget = (f"rank {args.rank}, seeds {args.seeds}, {args.epochs} epoch(s), batch {args.batch_size}, train "
+              f"entries {args.train_limit}, test entries {args.test_limit}, retrieval k_test {args.k_test}")
     text = ["# Results: the Table 8 ablation on the shapes world", "",
             "## Ablation table (generated by `python -m training.ablation`)", "",
             f"Budget: {budget}. Summed wall time of the runs: {wall / 60:.1f} min on this machine.", "",
-            "Cells: main metric on the test split / trainable parameters (the paper's Θ, which also counts "
-            "VCRA's frozen seeded A, B).", "", *lines, "", f"![metric vs trainable parameters]({plot.name})", "",
-            "## Acceptance check (computed)", "", *acceptance(results, args.tasks), "",
-            "## Training loss of each run (computed from the fit logs)", "", *loss_curves(results, args), "",
+            "Cells: main metric on the test split (mean ± std over seeds) / trainable parameters (the paper's Θ, "
+            "which also counts VCRA's frozen seeded A, B) / learning rate.", "", *lines, "",
+            *[f"![{p.stem}]({p.name})" for p in plots], "",
+            "## Learning rates chosen on the validation split (seed 0)", "", *(lr_lines if search else ["none searched"]),
+            "", "## Acceptance check (computed)", "", *acceptance(results, args.tasks), "",
+            "## Training loss of each run (computed from the fit logs)", "", *loss_curves(results), "",
             "## Parameter counts against rank (computed on this backbone, no training)", "",
             *param_table(args.backbone, args.tasks), "",
             "## Words the frozen decoder never produced in pretraining (computed)", "", *vocab, ""]
@@ -129,51 +158,76 @@ def write_markdown(results: list[dict], args, path: Path, plot: Path, wall: floa
 
 
 def acceptance(results: list[dict], tasks) -> list[str]:
-    """Bar: VCRA+QASN(+MCAM) >= 98% of full fine-tune's main metric with <= 5% of LoRA's
-    trainable parameters at equal rank."""
+    """Bar: VCRA+QASN(+MCAM) >= 97% of full fine-tune's main metric (means over seeds) with
+    <= 5% of LoRA's trainable parameters at equal rank."""
     out = ["| task | best UniTrans row | metric / full FT | params / LoRA (trainable) | params / LoRA (paper Θ) "
            "| bar met |", "|---|---|---|---|---|---|"]
     for task in tasks:
-        get = {r["row"]: r for r in results if r["task"] == task}
-        ours = [get[n] for n in ("VCRA+QASN", "VCRA+QASN+MCAM") if n in get and not get[n].get("repeat")]
-        if not ours or "full fine-tune" not in get or "LoRA" not in get:
+        ours = [(n, _runs(results, task, n)) for n in ("VCRA+QASN", "VCRA+QASN+MCAM")]
+        ours = [(n, runs) for n, runs in ours if runs and not runs[0].get("repeat")]
+        full, lora = _runs(results, task, "full fine-tune"), _runs(results, task, "LoRA")
+        if not ours or not full or not lora:
             out.append(f"| {task} | incomplete | | | | |")
             continue
-        best, full, lora = max(ours, key=lambda r: r["main"]), get["full fine-tune"], get["LoRA"]
-        ratio = best["main"] / full["main"] if full["main"] else float("nan")
-        p_train = best["trainable_params"] / lora["trainable_params"]
-        p_paper = best["paper_params"] / lora["paper_params"]
-        met = ratio >= 0.98 and p_train <= 0.05
-        out.append(f"| {task} | {best['row']} | {100 * ratio:.1f}% | {100 * p_train:.1f}% | {100 * p_paper:.1f}% "
+        name, best = max(ours, key=lambda x: _mean_std(x[1])[0])
+        ratio = _mean_std(best)[0] / _mean_std(full)[0] if _mean_std(full)[0] else float("nan")
+        p_train = best[0]["trainable_params"] / lora[0]["trainable_params"]
+        p_paper = best[0]["paper_params"] / lora[0]["paper_params"]
+        met = ratio >= 0.97 and p_train <= 0.05
+        out.append(f"| {task} | {name} | {100 * ratio:.1f}% | {100 * p_train:.1f}% | {100 * p_paper:.1f}% "
                    f"| {'yes' if met else 'no'} |")
     return out
 
 
-def write_plot(results: list[dict], tasks, path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_plot(results: list[dict], tasks, path: Path) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        frozen = None
-        for r in results:
-            if r["task"] != task or r.get("repeat"):
+        for row, _, _ in ROWS:
+            runs = _runs(results, task, row)
+            if not runs or runs[0].get("repeat"):
                 continue
-            if r["kind"] == "frozen":
-                frozen = r["main"]
+            mean, std = _mean_std(runs)
+            if runs[0]["kind"] == "frozen":
+                ax.axhline(mean, color="grey", ls="--", lw=1, label=f"frozen ({mean:.1f})")
                 continue
-            ax.scatter(r["trainable_params"], r["main"], s=40)
-            ax.annotate(r["row"], (r["trainable_params"], r["main"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        if frozen is not None:
-            ax.axhline(frozen, color="grey", ls="--", lw=1, label=f"frozen ({frozen:.1f})")
-            ax.legend(fontsize=7, loc="best")
+            ax.errorbar(runs[0]["trainable_params"], mean, yerr=std, fmt="o", ms=5, capsize=3)
+            ax.annotate(row, (runs[0]["trainable_params"], mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.legend(fontsize=7, loc="best")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log)")
         ax.set_ylabel(METRIC_NAME[task])
         ax.set_title(task)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_curves(results: list[dict], tasks, path: Path, rows=("full fine-tune", "LoRA", "VCRA+QASN",
+                                                                 "VCRA+QASN+MCAM")) -> None:
+    """Validation main metric against training steps (fit --eval-every), seed 0."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for row in rows:
+            runs = [r for r in _runs(results, task, row) if not r.get("repeat") and r.get("log")]
+            if not runs or not Path(runs[0]["log"]).is_file():
+                continue
+            points = [json.loads(x) for x in Path(runs[0]["log"]).read_text().splitlines() if '"event": "val"' in x]
+            if points:
+                ax.plot([p["step"] for p in points], [p["main"] for p in points], marker=".", label=row)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"validation {METRIC_NAME[task]}")
+        ax.set_title(task)
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -221,19 +275,26 @@ def _per_task(values: list[int], tasks) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> list[dict]:
-    p = argparse.ArgumentParser(prog="python -m training.ablation", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.ablation", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backbone", required=True, help="backbone directory (the shipped default)")
     p.add_argument("--world", required=True, help="shapes world directory (training.shapes.world --out)")
     p.add_argument("--work", required=True, help="directory for adapters, checkpoints, logs and results.json")
-    p.add_argument("--results", default="docs/results.md", help="markdown table to write (plot: same name .png)")
+    p.add_argument("--results", default="docs/results.md", help="markdown table to write (plots: same name .png)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks to run")
     p.add_argument("--rows", nargs="+", default=None, help="only these row names (default: all)")
     p.add_argument("--rank", type=int, default=16, help="rank of every low-rank method")
-    p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every row (mean ± std)")
+    p.add_argument("--multi-seed-rows", nargs="+", default=["frozen", "full fine-tune", "LoRA", "VCRA+QASN",
+                                                            "VCRA+QASN+MCAM"],
+                   help="rows run with every --seeds; the others with the first seed only")
+    p.add_argument("--lr-search", type=float, nargs="*", default=[],
+                   help="candidate learning rates, each kind's chosen per task on the validation split")
     p.add_argument("--epochs", type=int, default=1, help="epochs per run")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per run")
-    p.add_argument("--full-lr", type=float, default=None, help="learning rate of the full fine-tune (default: fit's)")
     p.add_argument("--train-limit", type=int, nargs="+", default=[3000], help="training entries per task (1 or 3)")
+    p.add_argument("--val-limit", type=int, default=300, help="validation entries (lr search and curves)")
+    p.add_argument("--eval-every", type=int, default=0, help="validation curve point every N steps (0: end only)")
     p.add_argument("--test-limit", type=int, nargs="+", default=[600], help="test entries per task (1 or 3)")
     p.add_argument("--k-test", type=int, default=16, help="retrieval: ITC candidates re-ranked by ITM")
     args = p.parse_args(argv)
@@ -241,31 +302,46 @@ def main(argv: list[str]) -> list[dict]:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     store = work / "results.json"
-    results = json.loads(store.read_text()) if store.exists() else []  # rerun = resume: finished rows are kept
+    results = json.loads(store.read_text()) if store.exists() else []  # rerun = resume: finished runs are kept
+
+    def done(task, row, seed, search_lr=None) -> bool:
+        return any(r["task"] == task and r["row"] == row and r["seed"] == seed and
+                   (("main" not in r and r["lr"] == search_lr) if search_lr is not None else "main" in r)
+                   for r in results)
+
+    def record(r: dict) -> None:
+        results.append(r)
+        store.write_text(json.dumps(results, indent=1))
+        print(json.dumps({k: r.get(k) for k in ("task", "row", "seed", "lr", "main", "val_main")}), flush=True)
+
     t0 = time.perf_counter()
     for task in args.tasks:
         for row, kind, extra in ROWS:
-            if args.rows and row not in args.rows:
+            if (args.rows and row not in args.rows) or (row == "VCRA+QASN+MCAM" and task != "retrieval"):
                 continue
-            if any(r["task"] == task and r["row"] == row for r in results):
-                continue
-            if row == "VCRA+QASN+MCAM" and task != "retrieval":
-                base = next((r for r in results if r["task"] == task and r["row"] == "VCRA+QASN"), None)
-                if base is not None:
-                    results.append({**base, "row": row, "repeat": True})
-                continue
-            results.append(run_row(args, task, row, kind, extra))
-            store.write_text(json.dumps(results, indent=1))
-            print(json.dumps({k: results[-1][k] for k in ("task", "row", "main", "trainable_params", "wall_seconds")}),
-                  flush=True)
+            lr = None
+            if kind is not None and args.lr_search:
+                for cand in args.lr_search:
+                    if not done(task, row, args.seeds[0], cand):
+                        record(run_row(args, task, row, kind, extra, args.seeds[0], cand, tag="lr-search"))
+                tried = [r for r in results if r["task"] == task and r["row"] == row and "main" not in r]
+                lr = max(tried, key=lambda r: r["val_main"])["lr"]
+            for seed in args.seeds if row in args.multi_seed_rows else args.seeds[:1]:
+                if not done(task, row, seed):
+                    record(run_row(args, task, row, kind, extra, seed, lr))
+        if (not args.rows or "VCRA+QASN+MCAM" in args.rows) and task != "retrieval":  # MCAM only changes ITC
+            for base in _runs(results, task, "VCRA+QASN"):
+                if not done(task, "VCRA+QASN+MCAM", base["seed"]):
+                    results.append({**base, "row": "VCRA+QASN+MCAM", "repeat": True})
     store.write_text(json.dumps(results, indent=1))
     md = Path(args.results)
     md.parent.mkdir(parents=True, exist_ok=True)
-    plot = md.with_suffix(".png")
-    write_plot(results, args.tasks, plot)
-    wall = sum(r["wall_seconds"] for r in results if not r.get("repeat"))
-    write_markdown(results, args, md, plot, wall)
-    print(f"wrote {md} and {plot}; summed wall time {wall / 60:.1f} min (this invocation "
+    plots = [md.with_suffix(".png"), md.with_name(md.stem + "_steps.png")]
+    write_plot(results, args.tasks, plots[0])
+    write_curves(results, args.tasks, plots[1])
+    wall = sum(r.get("wall_seconds", 0) for r in results if not r.get("repeat"))
+    write_markdown(results, args, md, plots, wall)
+    print(f"wrote {md} and {', '.join(map(str, plots))}; summed wall time {wall / 60:.1f} min (this invocation "
           f"{(time.perf_counter() - t0) / 60:.1f} min)")
     return results
 

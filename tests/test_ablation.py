@@ -1,0 +1,41 @@
+"""The ablation driver end to end on a tiny world: learning rates chosen on validation,
+several seeds as mean ± std, both plots, and a rerun that trains nothing again."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from adapters.backbone import Backbone
+from tests.tiny import tiny_config
+from training import ablation
+from training.shapes.world import generate, load_texts
+from training.tokenizer import build_processor, build_tokenizer
+
+
+def test_ablation_lr_search_seeds_and_plots(tmp_path):
+    world = tmp_path / "world"
+    generate(world, seed=0, n=60)
+    processor = build_processor(build_tokenizer(load_texts(world)), image_size=32)
+    torch.manual_seed(0)
+    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(world / "bb")
+    md = tmp_path / "docs" / "results.md"
+    argv = ["--backbone", str(world / "bb"), "--world", str(world), "--work", str(tmp_path / "work"),
+            "--results", str(md), "--tasks", "vqa", "--rows", "frozen", "LoRA", "VCRA+QASN",
+            "--seeds", "0", "1", "--lr-search", "0.01", "0.03", "--batch-size", "4", "--train-limit", "8",
+            "--val-limit", "4", "--test-limit", "4", "--eval-every", "1"]
+    results = ablation.main(argv)
+    search = [r for r in results if "main" not in r]
+    assert sorted((r["row"], r["lr"]) for r in search) == [("LoRA", 0.01), ("LoRA", 0.03), ("VCRA+QASN", 0.01),
+                                                          ("VCRA+QASN", 0.03)]
+    for row in ("LoRA", "VCRA+QASN"):
+        runs = [r for r in results if r["row"] == row and "main" in r]
+        assert sorted(r["seed"] for r in runs) == [0, 1]
+        best = max((r for r in search if r["row"] == row), key=lambda r: r["val_main"])
+        assert all(r["lr"] == best["lr"] for r in runs)  # the validation choice, for every seed
+    text = md.read_text()
+    assert "(n=2)" in text and "chosen on the validation split" in text
+    assert (md.with_suffix(".png")).stat().st_size > 0 and md.with_name("results_steps.png").stat().st_size > 0
+    before = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert ablation.main(argv) == before  # a rerun resumes: nothing is trained twice
