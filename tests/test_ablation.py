@@ -23,7 +23,7 @@ def test_ablation_lr_search_seeds_and_plots(tmp_path):
     md = tmp_path / "docs" / "results.md"
     argv = ["--backbone", str(world / "bb"), "--world", str(world), "--work", str(tmp_path / "work"),
             "--results", str(md), "--tasks", "vqa", "--rows", "frozen", "LoRA", "VCRA+QASN",
-            "--seeds", "0", "1", "--lr-search", "0.01", "0.03", "--batch-size", "4", "--train-limit", "8",
+            "--seeds", "0", "1", "--lr-search", "0.01", "0.03", "--lr-search-steps", "1", "--batch-size", "4", "--train-limit", "8",
             "--val-limit", "4", "--test-limit", "4", "--eval-every", "1"]
     results = ablation.main(argv)
     search = [r for r in results if "main" not in r]

@@ -84,6 +84,8 @@ def run_row(args, task: str, row: str, kind: str | None, extra: list[str], seed:
                  "--resume", *extra]
         if lr is not None:
             flags += ["--lr", str(lr)]
+        if tag == "lr-search" and args.lr_search_steps:
+            flags += ["--max-steps", str(args.lr_search_steps)]
         train = fit.main(flags)
     if tag == "lr-search":  # chosen on validation only: no test evaluation
         return {"task": task, "row": row, "kind": kind, "seed": seed, "lr": lr, "val_main": train["val_main"]}
@@ -290,6 +292,8 @@ def main(argv: list[str]) -> list[dict]:
                    help="rows run with every --seeds; the others with the first seed only")
     p.add_argument("--lr-search", type=float, nargs="*", default=[],
                    help="candidate learning rates, each kind's chosen per task on the validation split")
+    p.add_argument("--lr-search-steps", type=int, default=0,
+                   help="steps of each learning-rate candidate's run (0: the full budget)")
     p.add_argument("--epochs", type=int, default=1, help="epochs per run")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per run")
     p.add_argument("--train-limit", type=int, nargs="+", default=[3000], help="training entries per task (1 or 3)")
