@@ -2,12 +2,12 @@
 
 Serving (the server runs every model call and table mutation on ONE worker thread):
 
-    from adapters import AdapterTable, tasks
+    from adapters import AdapterTable, predict
     bb = Backbone.from_dirs("models/blip-shapes")
     table = AdapterTable(bb, capacity=64)               # injects wrappers once; preallocated slots
     meta = table.load("vqa-shapes", "adapters/vqa-shapes.safetensors")  # AdapterFileError on a bad file
     routing = table.routing(["vqa-shapes", None])       # per request; None = frozen backbone
-    answers = tasks.vqa(bb, px, ids, mask, num_beams=3, routing=routing)
+    answers = predict.answers(bb, px, predict.question_ids(bb, questions, 40), routing=routing)
 
 Training (another module owns the loop; this is the whole contract):
 
@@ -43,7 +43,8 @@ API (exact signatures):
 
 Modules: vcra/ (config, layer, model), vera/, lora/ (config, layer, model), qasn.py (side
 network), full.py, injection.py (wrappers), mixed.py (the Routing object), files.py, table.py,
-kinds.py (create_adapter, attach). Nothing here loads a model at import time.
+kinds.py (create_adapter, attach), tasks.py (batched task functions, transformers' semantics),
+predict.py (predictions as served and evaluated: decoding defaults, question padding, scores). Nothing here loads a model at import time.
 """
 
 from adapters.errors import AdapterFileError, AdapterTableError

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import BlipConfig, BlipProcessor
 from transformers.models.blip.modeling_blip import BlipVisionModel
-from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
+from transformers.models.blip.modeling_blip_text import BlipTextAttention, BlipTextLMHeadModel, BlipTextModel
 
 from adapters.errors import TaskUnavailableError
 
@@ -65,14 +65,40 @@ class BackboneSettings:
         return DTYPES[self.dtype]
 
 
+class MaskedCrossAttention(BlipTextAttention):
+    """BlipTextAttention that hands its mask to the cross-attention as the encoder mask.
+
+    transformers 5.x `BlipTextLayer` passes the (B, 1, Lq, Lk) additive encoder mask to
+    `crossattention(attention_mask=...)`, and `BlipTextSelfAttention` then reads
+    `encoder_attention_mask` (None) for cross-attention: every encoder position is
+    attended, padding included, whatever mask the caller gives. BLIP (models/med.py)
+    masks it, and a VQA answer must not depend on the padding its batch adds, so the
+    class of every cross-attention module is swapped for this one (same parameters,
+    same state-dict keys; image tokens are never padded, so captions and the fusion
+    encoder are unchanged)."""
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, cache=None, **kwargs):
+        context, probs = self.self(hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                   encoder_attention_mask=attention_mask, cache=cache)
+        return self.output(context, hidden_states), probs
+
+
+def _mask_cross_attention(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if hasattr(module, "crossattention"):
+            assert type(module.crossattention) in (BlipTextAttention, MaskedCrossAttention), type(module.crossattention)
+            module.crossattention.__class__ = MaskedCrossAttention
+    return model
+
+
 def build_part(name: str, config: BlipConfig) -> nn.Module:
     vision_width, text_width = config.vision_config.hidden_size, config.text_config.hidden_size
     if name == "vision_model":
         return BlipVisionModel(config.vision_config)
     if name == "text_encoder":
-        return BlipTextModel(config.text_config, add_pooling_layer=False)
+        return _mask_cross_attention(BlipTextModel(config.text_config, add_pooling_layer=False))
     if name == "text_decoder":
-        return BlipTextLMHeadModel(config.text_config)
+        return _mask_cross_attention(BlipTextLMHeadModel(config.text_config))
     if name == "vision_proj":
         return nn.Linear(vision_width, config.image_text_hidden_size)
     if name == "text_proj":

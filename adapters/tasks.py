@@ -70,10 +70,10 @@ def text_features(bb, text_embeds: torch.Tensor) -> torch.Tensor:
 
 
 def _generate(bb, input_ids, attention_mask, states, num_beams, max_new_tokens, min_new_tokens,
-              states_mask: torch.Tensor | None = None) -> torch.Tensor:
+              states_mask: torch.Tensor | None = None, suppress_ids: list[int] | None = None) -> torch.Tensor:
     """The decoder's greedy/beam search cross-attending `states` (B, L, H) under `states_mask`
     (B, L; None = all ones, as for image tokens), ending at [SEP], with the arguments
-    transformers' BLIP task classes pass."""
+    transformers' BLIP task classes pass; `suppress_ids` are never generated (None = none)."""
     text_config = bb.config.text_config
     return bb.text_decoder.generate(
         input_ids=input_ids,
@@ -85,6 +85,7 @@ def _generate(bb, input_ids, attention_mask, states, num_beams, max_new_tokens, 
         num_beams=num_beams,
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
+        suppress_tokens=suppress_ids,
         do_sample=False,
     )
 
@@ -128,15 +129,16 @@ def question_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
 
 
 def vqa_ids(bb, pixel_values, input_ids, attention_mask=None, *, num_beams: int = 1, max_new_tokens: int = 10,
-            min_new_tokens: int = 0, routing=None) -> torch.Tensor:
-    """Generated answer ids (B, T), starting with [DEC]."""
+            min_new_tokens: int = 0, suppress_ids: list[int] | None = None, routing=None) -> torch.Tensor:
+    """Generated answer ids (B, T), starting with [DEC]. Questions (B, Lq) may be padded:
+    the decoder sees only each question's own positions (`question_mask`)."""
     bb.require("vqa")
     text_config = bb.config.text_config
     with routed_if_given(routing):
         states = question_states(bb, pixel_values, input_ids, attention_mask)
         bos = torch.full((states.shape[0], 1), text_config.bos_token_id, dtype=torch.long, device=states.device)
         return _generate(bb, bos, None, states, num_beams, max_new_tokens, min_new_tokens,
-                         states_mask=question_mask(input_ids, attention_mask))
+                         states_mask=question_mask(input_ids, attention_mask), suppress_ids=suppress_ids)
 
 
 def vqa(bb, pixel_values, input_ids, attention_mask=None, **kwargs) -> list[str]:

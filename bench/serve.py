@@ -6,6 +6,7 @@ on the same weights, side by side in one run.
     .venv/bin/python bench/serve.py --requests 64 --time-budget 30
     .venv/bin/python bench/serve.py --size base --concurrency 1 32 --requests 64 \
         --baseline-requests 12 --time-budget 240        # BLIP-base size: model time dominates
+    .venv/bin/python bench/serve.py --levels vqa         # VQA only: any-length vs equal-length batching
 
 Workload: greedy captions of distinct images, at most `--max-new-tokens` tokens. Server
 requests cycle through the adapters (caption adapters of models/adapters when
@@ -17,6 +18,9 @@ level stops after --requests requests or --time-budget seconds. Baseline latency
 includes image preprocessing, as the server's does; the server's also includes
 HTTP, JSON and base64. The baseline runs in segments before, between and after the
 server levels, so both see the same drift in the load of shared cores.
+
+The VQA level (bench/serve_vqa.py) asks questions of mixed token lengths and compares
+the server's any-length batching with the old equal-length-only batching, side by side.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from adapters import create_adapter, save_adapter, tasks  # noqa: E402
 from adapters.backbone import Backbone  # noqa: E402
+from bench import serve_vqa  # noqa: E402
 from client import AsyncClient, Client, ConnectionFailed  # noqa: E402
 
 SHIPPED = ROOT / "models" / "blip-shapes"
@@ -160,14 +165,15 @@ class Baseline:
 
 
 # -- server -------------------------------------------------------------------------------
-def start_server(bb_dir: Path, adapters: Path, data: Path, args) -> tuple[subprocess.Popen, str]:
+def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "server") -> tuple[subprocess.Popen, str]:
+    """`python -m <module>` (the server, or bench.old_vqa_server) on a free loopback port, once ready."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_TORCH_THREADS": str(args.threads),
            "UNITRANS_QUEUE_SIZE": "1024", "UNITRANS_DEFAULT_CAPTION_ADAPTER": "none",
            "UNITRANS_REQUEST_TIMEOUT_S": str(max(60.0, args.time_budget))}  # a BLIP-base batch can take minutes
-    cmd = [sys.executable, "-m", "server", "--backbone", str(bb_dir), "--adapters", str(adapters), "--data",
+    cmd = [sys.executable, "-m", module, "--backbone", str(bb_dir), "--adapters", str(adapters), "--data",
            str(data), "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
            "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
@@ -218,6 +224,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and baseline alike")
     p.add_argument("--size", choices=["small", "base"], default="small",
                    help="small: the shipped default; base: a random BLIP-base-size model (slow: ~2 s per caption)")
+    p.add_argument("--levels", nargs="+", choices=["caption", "vqa"], default=["caption", "vqa"],
+                   help="caption: server vs transformers generate; vqa: any-length vs equal-length batching")
+    p.add_argument("--vqa-concurrency", type=int, nargs="+", default=[8, 32], help="closed-loop clients, VQA level")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # from_pretrained lists the retrieval/VQA keys it does not use
@@ -227,10 +236,21 @@ def main(argv: list[str]) -> None:
     adapters, names = adapter_names(bb_dir, work)
     size = BlipConfig.from_pretrained(str(bb_dir)).vision_config.image_size
     images = make_images(64, size)
-    print(f"backbone {bb_dir.name}; adapters cycled: {', '.join(names)}; {args.threads} torch thread(s); "
-          f"captions of at most {args.max_new_tokens} tokens; server batch <= {args.max_batch_size}, wait {args.max_wait_ms} ms",
-          flush=True)
+    print(f"backbone {bb_dir.name}; {args.threads} torch thread(s); server batch <= {args.max_batch_size}, "
+          f"wait {args.max_wait_ms} ms; {serve_vqa.load_average()}", flush=True)
+    if "caption" in args.levels:
+        caption_levels(bb_dir, adapters, names, images, work, args)
+    if "vqa" in args.levels:
+        print(f"\nVQA: questions of {len(serve_vqa.QUESTIONS)} phrasings, mixed token lengths; the adapters "
+              f"directory's 'vqa' adapter if it fits, else the frozen backbone", flush=True)
+        lines = serve_vqa.run_vqa_levels(lambda module: start_server(bb_dir, adapters, work / f"data-{module}", args,
+                                                                     module), args, images)
+        print("\n" + "\n".join(lines))
+    print(f"\n{serve_vqa.load_average()}")
 
+
+def caption_levels(bb_dir: Path, adapters: Path, names: list[str], images: list[bytes], work: Path, args) -> None:
+    print(f"captions: adapters cycled: {', '.join(names)}; at most {args.max_new_tokens} tokens", flush=True)
     base = Baseline(bb_dir, images, args.max_new_tokens)
     seg = max(8, args.baseline_requests // (len(args.concurrency) + 1))
     base.segment(2, 30)  # warm-up, then reset

@@ -1,7 +1,8 @@
 """Command line for a unitrans server.
 
     python -m client caption cat.png [--adapter NAME] [--beams 3]
-    python -m client vqa cat.png "what colour is the circle?" [--candidates red blue]
+    python -m client vqa cat.png "what colour is the circle?" [--beams 1] [--max-new-tokens 5]
+    python -m client vqa cat.png "what colour is the circle?" --candidates red blue
     python -m client retrieve --text "a red circle" --gallery shapes [--top-k 5]
     python -m client retrieve --image cat.png --texts "a cat" "a dog"
     python -m client gallery create shapes | add shapes a.png b.png | list | delete shapes
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("question", help="the question")
     v.add_argument("--adapter", help="adapter name")
     v.add_argument("--candidates", nargs="+", help="rank these answers instead of generating")
+    v.add_argument("--beams", type=int, help="beam count (server default 3; 1 = greedy)")
+    v.add_argument("--max-new-tokens", type=int, help="answer length limit in tokens (server default 10)")
 
     r = sub.add_parser("retrieve", help="text->image or image->text retrieval")
     q = r.add_mutually_exclusive_group(required=True)
@@ -88,7 +91,8 @@ def run(args, c: Client):
     if args.command == "caption":
         return c.caption(args.image, adapter=args.adapter, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     if args.command == "vqa":
-        return c.vqa(args.image, args.question, adapter=args.adapter, candidates=args.candidates)
+        return c.vqa(args.image, args.question, adapter=args.adapter, candidates=args.candidates,
+                     num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     if args.command == "retrieve":
         images = {Path(f).name: f for f in args.images} if args.images else None
         return c.retrieve(text=args.text, image=args.image, gallery=args.gallery, images=images,

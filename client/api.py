@@ -3,6 +3,7 @@
     from client import Client, AsyncClient
     with Client("http://127.0.0.1:8000", api_key=None) as c:
         c.caption("cat.png")                        # {"caption": ..., "adapter": ...}
+        c.vqa("cat.png", "what colour is it?", num_beams=1)  # {"answer": ..., "adapter": ...}
         c.vqa("cat.png", "what colour is it?", candidates=["red", "blue"])
         c.create_gallery("shapes"); c.add_items("shapes", [{"id": "a", "image": "a.png"}])
         c.retrieve(text="a red circle", gallery="shapes", top_k=3)
@@ -71,10 +72,14 @@ class Requests:
         return self._send(Call("POST", "/caption", json={"image": b64(image), **fields}))
 
     def vqa(self, image: ImageLike, question: str, *, adapter: str | None = None,
-            candidates: list[str] | None = None, multipart: bool = False):
-        fields = _drop_none({"question": question, "adapter": adapter, "candidates": candidates})
+            candidates: list[str] | None = None, max_new_tokens: int | None = None, num_beams: int | None = None,
+            multipart: bool = False):
+        """Generated answer (server defaults: 3 beams, at most 10 tokens), or with
+        `candidates` the most likely of them and every candidate's log-likelihood."""
+        fields = _drop_none({"question": question, "adapter": adapter, "candidates": candidates,
+                             "max_new_tokens": max_new_tokens, "num_beams": num_beams})
         if multipart:
-            data = {k: v for k, v in fields.items() if k != "candidates"}
+            data = {k: v if isinstance(v, str) else str(v) for k, v in fields.items() if k != "candidates"}
             if candidates is not None:
                 data["candidates"] = list(candidates)
             return self._send(Call("POST", "/vqa", data=data, files={"image": ("image", image_bytes(image))}))

@@ -7,11 +7,18 @@ tensors and runs the model.
 
     engine = Engine(backbone, registry, settings, metrics, executor); await engine.start()
     text = await engine.caption(pixels, "caption-shapes", max_new_tokens=30, num_beams=1)
+    answer = await engine.vqa(pixels, engine.question_ids(question), "vqa", num_beams=3)
 
-Batch keys. Only requests whose tensors line up share a call: captions with the same
-beam count and length limits; questions of the same token length (the decoder
-attends every question position, padding included, exactly as transformers'
-BlipForQuestionAnswering does, so padding a question would change its answer).
+What a batch computes is `adapters.predict` (decoding defaults, question padding and
+masking, answer decoding), the functions `training.evaluate` calls too.
+
+Batch keys: only requests with the same key share a call.
+    caption       (num_beams, max_new_tokens)
+    vqa generate  ("generate", num_beams, max_new_tokens): questions of ANY token length;
+                  the batch pads them to its longest and the decoder never attends the
+                  padding, so each answer equals the one its question gets alone
+    vqa rank      ("rank",): questions and candidate lists of any length
+    itc_image, itc_text, itm: one key (texts are padded and masked per call)
 """
 
 from __future__ import annotations
@@ -23,14 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from adapters import tasks
+from adapters import predict, tasks
 from adapters.errors import AdapterTableError
 from server.batcher import Batcher
 from server.metrics import Metrics
 from server.registry import FROZEN, AdapterRegistry
 from server.settings import Settings
 
-DEFAULT_MAX_NEW_TOKENS = 30
 _SPLIT = object()
 
 
@@ -41,10 +47,10 @@ class Rows:
     adapter: str | None
     n: int = 1
     pixels: torch.Tensor | None = None  # (n, 3, H, W) or (1, 3, H, W) broadcast to n rows (ITM)
-    ids: torch.Tensor | None = None  # (1, L) question ids
+    ids: torch.Tensor | None = None  # (L,) question ids, unpadded
     texts: list[str] | None = None  # ITC / ITM texts, one per row
     candidates: list[str] | None = None
-    options: tuple = ()  # caption: (num_beams, max_new_tokens), equal across a batch (the batch key)
+    options: predict.Decoding | None = None  # caption / VQA generation, equal across a batch (in the key)
 
 
 class Engine:
@@ -77,23 +83,25 @@ class Engine:
         return tasks.pixels(self.bb, images)
 
     def question_ids(self, question: str) -> torch.Tensor:
-        ids, _ = tasks.tokens(self.bb, [question], max_length=self.settings.max_text_tokens)
-        return ids  # (1, L)
+        return predict.question_ids(self.bb, [question], self.settings.max_text_tokens)[0]  # (L,)
 
     # -- request side (event loop) ----------------------------------------------------------
     async def _submit(self, batcher: str, rows: Rows, key=None):
         return await self.batchers[batcher].submit(rows, key=key, rows=rows.n, adapter=rows.adapter or FROZEN)
 
     async def caption(self, pixels, adapter, *, max_new_tokens=None, num_beams=None) -> str:
-        key = (num_beams or 1, max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
-        return await self._submit("caption", Rows(adapter, pixels=pixels, options=key), key)
+        d = predict.decoding("caption", num_beams, max_new_tokens)
+        return await self._submit("caption", Rows(adapter, pixels=pixels, options=d), (d.num_beams, d.max_new_tokens))
 
-    async def vqa(self, pixels, ids, adapter) -> str:
-        return await self._submit("vqa", Rows(adapter, pixels=pixels, ids=ids), ("generate", ids.shape[1]))
+    async def vqa(self, pixels, ids, adapter, *, max_new_tokens=None, num_beams=None) -> str:
+        """`ids` (L,) from `question_ids`; None options take predict.VQA's defaults."""
+        d = predict.decoding("vqa", num_beams, max_new_tokens)
+        key = ("generate", d.num_beams, d.max_new_tokens)  # any question length shares a call
+        return await self._submit("vqa", Rows(adapter, pixels=pixels, ids=ids, options=d), key)
 
     async def vqa_rank(self, pixels, ids, candidates: list[str], adapter) -> list[float]:
         rows = Rows(adapter, pixels=pixels, ids=ids, candidates=candidates)
-        return await self._submit("vqa", rows, ("rank", ids.shape[1]))
+        return await self._submit("vqa", rows, ("rank",))
 
     async def _chunked(self, batcher: str, n: int, make, window: int = 2) -> np.ndarray:
         """Rows in chunks of max_batch_size, at most `window` in the queue at once (a big
@@ -116,7 +124,7 @@ class Engine:
         return await self._chunked("itc_text", len(texts), lambda a, b: Rows(adapter, b - a, texts=texts[a:b]))
 
     async def itm(self, pixels: torch.Tensor, texts: list[str], adapter) -> np.ndarray:
-        """P(match) of row-aligned pairs; `pixels` (n, ...) or (1, ...) for one image against n texts."""
+        """ITM logits (n, 2) of row-aligned pairs; `pixels` (n, ...) or (1, ...) for one image against n texts."""
         one = pixels.shape[0] == 1
 
         def make(a, b):
@@ -159,22 +167,23 @@ class Engine:
         return torch.cat(tensors).to(self.bb.device, self.bb.dtype)
 
     def _caption_batch(self, items: list[Rows]) -> list:
-        num_beams, max_new_tokens = items[0].options
+        d = items[0].options
 
         def compute(group, routing):
-            return tasks.caption(self.bb, self._stack([r.pixels for r in group]), num_beams=num_beams,
-                                 max_new_tokens=max_new_tokens, routing=routing)
+            return predict.captions(self.bb, self._stack([r.pixels for r in group]), num_beams=d.num_beams,
+                                    max_new_tokens=d.max_new_tokens, routing=routing)
 
         return self._run(items, compute)
 
     def _vqa_batch(self, items: list[Rows]) -> list:
         def compute(group, routing):
             pv = self._stack([r.pixels for r in group])
-            ids = torch.cat([r.ids for r in group]).to(self.bb.device)
-            mask = torch.ones_like(ids)
+            ids = [r.ids for r in group]  # (L_i,) each; predict pads and masks them
             if group[0].candidates is None:
-                return tasks.vqa(self.bb, pv, ids, mask, routing=routing)
-            scores = tasks.vqa_rank(self.bb, pv, ids, mask, [r.candidates for r in group], routing=routing)
+                d = group[0].options
+                return predict.answers(self.bb, pv, ids, num_beams=d.num_beams, max_new_tokens=d.max_new_tokens,
+                                       routing=routing)
+            scores = predict.rank_answers(self.bb, pv, ids, [r.candidates for r in group], routing=routing)
             return [s.float().cpu().tolist() for s in scores]
 
         return self._run(items, compute)
@@ -197,7 +206,7 @@ class Engine:
         def compute(group, routing):
             pv = self._stack([r.pixels.expand(r.n, -1, -1, -1) for r in group])
             ids, mask = tasks.tokens(self.bb, [t for r in group for t in r.texts], self.settings.max_text_tokens)
-            return _split(tasks.itm_scores(self.bb, pv, ids, mask, routing=routing), group)
+            return _split(tasks.itm_logits(self.bb, pv, ids, mask, routing=routing), group)
 
         return self._run(items, compute)
 

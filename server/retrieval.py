@@ -1,4 +1,5 @@
-"""Retrieval: ITC top-k over a gallery or inline items, then ITM re-rank of those k.
+"""Retrieval: ITC top-k over a gallery or inline items, then ITM re-rank of those k
+by BLIP's score (`adapters.predict.rerank_score`, the one `training.evaluate` ranks by).
 
     text -> image   query text vs an image gallery, or inline images
     image -> text   query image vs a text gallery, or inline texts
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from adapters import predict
 from server.deps import Services
 from server.errors import NotFound, Unprocessable
 from server.galleries import Gallery
@@ -128,7 +130,8 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             scores = await engine.itm(pixels, texts, adapter)
         direction = "image_to_text"
 
-    if req.rerank and cands:
+    if req.rerank and cands:  # `scores`: ITM logits (k, 2) of the ITC top-k
+        scores = predict.rerank_score(scores, np.array([itc for _, itc, _ in cands], dtype=np.float32))
         hits = [Hit(id=i, score=float(sc), itc=itc, metadata=m) for (i, itc, m), sc in zip(cands, scores)]
         hits.sort(key=lambda h: -h.score)
     else:

@@ -23,16 +23,21 @@ def _body_doc(model) -> dict:
                                                           "multipart/form-data": {"schema": form}}}}
 
 
+def _check_generation(body, s) -> None:
+    """num_beams / max_new_tokens (>= 1 by the schema) within the settings' limits."""
+    if body.max_new_tokens is not None and body.max_new_tokens > s.max_new_tokens_limit:
+        raise Unprocessable(f"max_new_tokens: {body.max_new_tokens} is over the limit of {s.max_new_tokens_limit}")
+    if body.num_beams is not None and body.num_beams > s.max_beams_limit:
+        raise Unprocessable(f"num_beams: {body.num_beams} is over the limit of {s.max_beams_limit}")
+
+
 @router.post("/caption", response_model=CaptionResponse, openapi_extra=_body_doc(CaptionRequest))
 async def caption(request: Request, svc: ServicesDep) -> CaptionResponse:
     """Caption an image with the named adapter (or the caption default)."""
     s = svc.settings
     svc.require_task("caption")
     body, raw = await read_task_body(request, CaptionRequest, s)
-    if body.max_new_tokens is not None and body.max_new_tokens > s.max_new_tokens_limit:
-        raise Unprocessable(f"max_new_tokens: {body.max_new_tokens} is over the limit of {s.max_new_tokens_limit}")
-    if body.num_beams is not None and body.num_beams > s.max_beams_limit:
-        raise Unprocessable(f"num_beams: {body.num_beams} is over the limit of {s.max_beams_limit}")
+    _check_generation(body, s)
     adapter = svc.registry.resolve("caption", body.adapter)
     image = await load_image(raw, s)
     pixels = await run_in_threadpool(svc.engine.pixels, [image])
@@ -42,12 +47,17 @@ async def caption(request: Request, svc: ServicesDep) -> CaptionResponse:
 
 @router.post("/vqa", response_model=VqaResponse, response_model_exclude_none=True, openapi_extra=_body_doc(VqaRequest))
 async def vqa(request: Request, svc: ServicesDep) -> VqaResponse:
-    """Answer a question about an image; with `candidates`, rank them by log-likelihood instead."""
+    """Answer a question about an image (beam search, by default 3 beams and at most 10
+    tokens); with `candidates`, rank them by log-likelihood instead."""
     s = svc.settings
     svc.require_task("vqa")
     body, raw = await read_task_body(request, VqaRequest, s)
     check_text(body.question, s, "question")
+    _check_generation(body, s)
     if body.candidates is not None:
+        for name in ("num_beams", "max_new_tokens"):
+            if getattr(body, name) is not None:
+                raise Unprocessable(f"{name}: generation option; candidates are ranked, not generated")
         if len(body.candidates) > s.max_candidates:
             raise Unprocessable(f"candidates: {len(body.candidates)} is over the limit of {s.max_candidates}")
         for i, cand in enumerate(body.candidates):
@@ -59,7 +69,8 @@ async def vqa(request: Request, svc: ServicesDep) -> VqaResponse:
     pixels = await run_in_threadpool(svc.engine.pixels, [image])
     ids = await run_in_threadpool(svc.engine.question_ids, body.question)
     if body.candidates is None:
-        answer = await svc.engine.vqa(pixels, ids, adapter)
+        answer = await svc.engine.vqa(pixels, ids, adapter, max_new_tokens=body.max_new_tokens,
+                                      num_beams=body.num_beams)
         return VqaResponse(answer=answer, adapter=adapter or FROZEN)
     scores = await svc.engine.vqa_rank(pixels, ids, body.candidates, adapter)
     best = max(range(len(scores)), key=scores.__getitem__)

@@ -23,8 +23,8 @@ class Body(BaseModel):
 class CaptionRequest(Body):
     image: str = Field(..., description="base64 image bytes (PNG, JPEG, GIF, BMP, WebP, TIFF)")
     adapter: str | None = Field(None, description="adapter name; 'none' = frozen backbone; omitted = task default")
-    max_new_tokens: int | None = Field(None, ge=1, description="default 30")
-    num_beams: int | None = Field(None, ge=1, description="1 = greedy (default)")
+    max_new_tokens: int | None = Field(None, ge=1, description="caption length limit in tokens; default 30")
+    num_beams: int | None = Field(None, ge=1, description="beam width; default 1 (greedy)")
 
 
 class CaptionResponse(BaseModel):
@@ -37,6 +37,8 @@ class VqaRequest(Body):
     question: str = Field(..., min_length=1)
     adapter: str | None = None
     candidates: list[str] | None = Field(None, min_length=1, description="rank these answers instead of generating")
+    max_new_tokens: int | None = Field(None, ge=1, description="answer length limit in tokens; default 10")
+    num_beams: int | None = Field(None, ge=1, description="beam width; default 3 (1 = greedy)")
 
 
 class VqaResponse(BaseModel):
@@ -83,7 +85,8 @@ class RetrieveRequest(Body):
 
 class Hit(BaseModel):
     id: str
-    score: float = Field(..., description="ITM P(match) when re-ranked, else ITC cosine")
+    score: float = Field(..., description="re-ranked: ITM logit(match) + ITC cosine (BLIP's retrieval score); "
+                                          "else ITC cosine")
     itc: float = Field(..., description="ITC cosine similarity")
     metadata: dict[str, Any] | None = None
 

@@ -57,13 +57,17 @@ def test_vqa_matches_transformers(hf_dirs, processor, pixel_values, num_beams):
     model, path = hf_dirs["vqa"]
     bb = Backbone.from_dirs(path)
     assert bb.tasks == {"caption", "vqa"}
-    q = processor.tokenizer(QUESTIONS, padding="longest", return_tensors="pt")
     kwargs = dict(num_beams=num_beams, max_new_tokens=6)
-    with torch.inference_mode():
-        expected = model.generate(input_ids=q.input_ids, pixel_values=pixel_values,
-                                  attention_mask=q.attention_mask, do_sample=False, **kwargs)
-        ours = tasks.vqa_ids(bb, pixel_values, q.input_ids, q.attention_mask, **kwargs)
-    assert torch.equal(ours, expected)
+    # One question at a time: it has no padding, so transformers' all-ones cross-attention
+    # mask and ours (the question's own, BLIP/LAVIS) agree. A padded batch would not:
+    # transformers lets the decoder attend the padding (tests/test_vqa_batching.py).
+    for i, question in enumerate(QUESTIONS):
+        q = processor.tokenizer([question], return_tensors="pt")
+        with torch.inference_mode():
+            expected = model.generate(input_ids=q.input_ids, pixel_values=pixel_values[i:i + 1],
+                                      attention_mask=q.attention_mask, do_sample=False, **kwargs)
+            ours = tasks.vqa_ids(bb, pixel_values[i:i + 1], q.input_ids, q.attention_mask, **kwargs)
+        assert torch.equal(ours, expected), question
 
 
 def test_vqa_rank_agrees_with_transformers_loss(hf_dirs, processor, pixel_values):

@@ -52,6 +52,10 @@ def test_caption_vqa_adapters_health(capsys, url, files):
     assert code == 0 and out["answer"] in ("yes", "no") and set(out["scores"]) == {"yes", "no"}
     code, out, _ = run(capsys, url, "adapters")
     assert code == 0 and "caption" in [a["name"] for a in out["adapters"]]
+    code, out, _ = run(capsys, url, "vqa", files[0], "is there a star ?", "--beams", "1", "--max-new-tokens", "1")
+    with Client(url) as c:
+        assert code == 0 and out == c.vqa(files[0], "is there a star ?", num_beams=1, max_new_tokens=1)
+    assert out["answer"] and " " not in out["answer"]  # one token, never empty
     code, out, _ = run(capsys, url, "adapters", "--load", "vqa-b", "--pin")
     assert code == 0 and out["loaded"] and out["pinned"]
     code, out, _ = run(capsys, url, "adapters", "--unload", "vqa-b")

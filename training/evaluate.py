@@ -7,8 +7,14 @@
 
 Prints one JSON object: the task's metrics (caption BLEU@4 and CIDEr; VQA accuracy;
 retrieval R@1/5/10 both ways, ITC top-k re-ranked by ITM as BLIP does) and the
-adapter's trainable-parameter count. Inference goes through the same batched task
-functions the server uses, with the adapter chosen per call by routing.
+adapter's trainable-parameter count.
+
+Evaluation is serving: predictions come from `adapters.predict`, the functions the
+server's batches call (same decoding defaults: captions greedy <= 30 tokens, VQA
+3 beams <= 10 tokens >= 1; questions tokenized alone, padded and masked per batch, so
+an answer does not depend on --batch-size; the same retrieval re-rank score), with
+the adapter chosen per call by routing. `predict_captions`, `predict_answers` and
+`retrieval_scores` return the predictions themselves.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
-from adapters import tasks
+from adapters import predict, tasks
 from adapters.routing import routed
-from training.data import DATASETS, CaptionDataset, RetrievalDataset, VQADataset, load_json, tokens
+from training.data import DATASETS, MAX_TEXT_LEN, CaptionDataset, RetrievalDataset, VQADataset, load_json, tokens
 from training.metrics import caption_scores, recall_at_k, vqa_accuracy
 
 Route = Callable[[int], Any]  # batch size -> the routing for a call of that many rows
@@ -55,16 +61,25 @@ def _chunks(n: int, size: int):
 
 
 @torch.inference_mode()
-def evaluate_caption(bb, ds: CaptionDataset, route: Route = no_adapter, batch_size: int = 32, num_beams: int = 1,
-                     max_new_tokens: int = 30, precision: str = "fp32") -> dict:
-    images, refs = ds.references()
+def predict_captions(bb, ds: CaptionDataset, route: Route = no_adapter, batch_size: int = 32,
+                     num_beams: int | None = None, max_new_tokens: int | None = None,
+                     precision: str = "fp32") -> dict[str, str]:
+    """{image path: caption} for each distinct image, as the server captions it."""
+    images, _ = ds.references()
     hyps: dict[str, str] = {}
     for sl in _chunks(len(images), batch_size):
         paths = images[sl]
         with _autocast(precision):
-            out = tasks.caption(bb, ds._pixels(paths, bb.processor).to(bb.device, bb.dtype), num_beams=num_beams,
-                                max_new_tokens=max_new_tokens, routing=route(len(paths)))
+            out = predict.captions(bb, ds._pixels(paths, bb.processor).to(bb.device, bb.dtype), num_beams=num_beams,
+                                   max_new_tokens=max_new_tokens, routing=route(len(paths)))
         hyps.update(zip(paths, out))
+    return hyps
+
+
+def evaluate_caption(bb, ds: CaptionDataset, route: Route = no_adapter, batch_size: int = 32,
+                     num_beams: int | None = None, max_new_tokens: int | None = None, precision: str = "fp32") -> dict:
+    images, refs = ds.references()
+    hyps = predict_captions(bb, ds, route, batch_size, num_beams, max_new_tokens, precision)
     scores = caption_scores(refs, hyps)
     exact = float(np.mean([hyps[p].lower() in {r.lower() for r in refs[p]} for p in images]) * 100)
     return {"bleu4": scores["bleu4"] * 100, "cider": scores["cider"] * 100, "exact_match": exact,
@@ -72,30 +87,37 @@ def evaluate_caption(bb, ds: CaptionDataset, route: Route = no_adapter, batch_si
 
 
 @torch.inference_mode()
-def evaluate_vqa(bb, ds: VQADataset, route: Route = no_adapter, batch_size: int = 64, num_beams: int = 1,
-                 max_new_tokens: int = 10, precision: str = "fp32") -> dict:
-    accs = []
+def predict_answers(bb, ds: VQADataset, route: Route = no_adapter, batch_size: int = 64,
+                    num_beams: int | None = None, max_new_tokens: int | None = None,
+                    precision: str = "fp32") -> list[str]:
+    """One generated answer per question, in dataset order, as the server answers it."""
+    preds: list[str] = []
     for sl in _chunks(len(ds), batch_size):
-        items = [ds[i] for i in range(sl.start, sl.stop)]
-        paths, questions, answers = zip(*items)
-        ids, mask = tokens(bb.processor, list(questions))
+        paths, questions, _ = zip(*(ds[i] for i in range(sl.start, sl.stop)))
+        ids = predict.question_ids(bb, list(questions), MAX_TEXT_LEN)  # (L_i,) each, unpadded
         with _autocast(precision):
-            preds = tasks.vqa(bb, ds._pixels(list(paths), bb.processor).to(bb.device, bb.dtype), ids.to(bb.device),
-                              mask.to(bb.device), num_beams=num_beams, max_new_tokens=max_new_tokens,
-                              routing=route(len(items)))
-        accs += [vqa_accuracy(p, a) for p, a in zip(preds, answers)]
+            preds += predict.answers(bb, ds._pixels(list(paths), bb.processor).to(bb.device, bb.dtype), ids,
+                                     num_beams=num_beams, max_new_tokens=max_new_tokens, routing=route(len(ids)))
+    return preds
+
+
+def evaluate_vqa(bb, ds: VQADataset, route: Route = no_adapter, batch_size: int = 64, num_beams: int | None = None,
+                 max_new_tokens: int | None = None, precision: str = "fp32") -> dict:
+    preds = predict_answers(bb, ds, route, batch_size, num_beams, max_new_tokens, precision)
+    accs = [vqa_accuracy(p, ds[i][2]) for i, p in enumerate(preds)]
     return {"accuracy": float(np.mean(accs) * 100), "n_questions": len(accs)}
 
 
 @torch.inference_mode()
-def evaluate_retrieval(bb, ds: RetrievalDataset, route: Route = no_adapter, batch_size: int = 64, k_test: int = 16,
-                       precision: str = "fp32") -> dict:
+def retrieval_scores(bb, ds: RetrievalDataset, route: Route = no_adapter, batch_size: int = 64, k_test: int = 16,
+                     precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BLIP's protocol: ITC cosine over the whole gallery, then for each query its k_test
-    best candidates are re-scored with ITM logit(match) + ITC cosine; the rest keep a
-    score below any re-scored one."""
+    best candidates are re-scored with `predict.rerank_score` (ITM logit(match) + ITC
+    cosine, what the server's /retrieve ranks by); the rest keep a score below any
+    re-scored one. -> (i2t (n_img, n_txt), t2i (n_txt, n_img), ITC cosine (n_img, n_txt))."""
     bb.require("retrieve")
-    images, texts, txt2img, img2txt = ds.gallery()
-    embeds, img_feat, txt_ids, txt_mask, txt_feat = [], [], [], [], []
+    images, texts, _, _ = ds.gallery()
+    embeds, img_feat, txt_feat = [], [], []
     with _autocast(precision):
         for sl in _chunks(len(images), batch_size):
             with routed(route(sl.stop - sl.start)):
@@ -111,27 +133,35 @@ def evaluate_retrieval(bb, ds: RetrievalDataset, route: Route = no_adapter, batc
         sim = img_feat @ txt_feat.t()  # (n_img, n_txt) cosine
 
         def itm(image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+            """ITM logits (n, 2) of the (image, text) pairs given by row indices."""
             out = []
             for sl in _chunks(len(image_rows), batch_size):
                 i, t = image_rows[sl], text_rows[sl]
                 with routed(route(len(i))):
                     fused = tasks.fuse(bb, ids_all[t].to(bb.device), mask_all[t].to(bb.device), embeds[i])
-                    out.append(bb.itm_head(fused[:, 0, :]).float()[:, 1])
+                    out.append(bb.itm_head(fused[:, 0, :]).float())
             return torch.cat(out)
 
         k_i2t, k_t2i = min(k_test, len(texts)), min(k_test, len(images))
         i2t = torch.full_like(sim, -100.0)
         top = sim.topk(k_i2t, dim=1)  # per image its k best texts
         rows = torch.arange(len(images)).repeat_interleave(k_i2t)
-        i2t[rows, top.indices.flatten()] = itm(rows, top.indices.flatten()) + top.values.flatten()
+        i2t[rows, top.indices.flatten()] = predict.rerank_score(itm(rows, top.indices.flatten()), top.values.flatten())
         t2i = torch.full_like(sim.t(), -100.0)
         top = sim.t().topk(k_t2i, dim=1)  # per text its k best images
         rows = torch.arange(len(texts)).repeat_interleave(k_t2i)
-        t2i[rows, top.indices.flatten()] = itm(top.indices.flatten(), rows) + top.values.flatten()
+        t2i[rows, top.indices.flatten()] = predict.rerank_score(itm(top.indices.flatten(), rows), top.values.flatten())
+    return i2t, t2i, sim
+
+
+def evaluate_retrieval(bb, ds: RetrievalDataset, route: Route = no_adapter, batch_size: int = 64, k_test: int = 16,
+                       precision: str = "fp32") -> dict:
+    _, _, txt2img, img2txt = ds.gallery()
+    i2t, t2i, sim = retrieval_scores(bb, ds, route, batch_size, k_test, precision)
     out = recall_at_k(i2t.numpy(), t2i.numpy(), img2txt, txt2img)
     itc_only = recall_at_k(sim.numpy(), sim.t().numpy(), img2txt, txt2img)
     out["itc_r_mean"] = itc_only["r_mean"]  # before the ITM re-rank, to see what ITM adds
-    out.update(n_images=len(images), n_texts=len(texts), k_test=k_test)
+    out.update(n_images=len(img2txt), n_texts=len(txt2img), k_test=k_test)
     return out
 
 
@@ -153,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", required=True, help="directory the JSON's image paths are relative to")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N entries (quick checks)")
     p.add_argument("--batch-size", type=int, default=64, help="images (or questions) per forward call")
-    p.add_argument("--num-beams", type=int, default=1, help="beam width for caption / VQA generation (1 = greedy)")
+    p.add_argument("--num-beams", type=int, default=None,
+                   help="beam width (default: the server's, caption 1 = greedy, VQA 3)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generated tokens at most (default: the server's, caption 30, VQA 10)")
     p.add_argument("--k-test", type=int, default=16, help="retrieval: ITC candidates per query re-ranked by ITM")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast")
     return p
@@ -172,7 +205,7 @@ def main(argv: list[str]) -> dict:
     if args.task == "retrieval":
         kwargs["k_test"] = args.k_test
     else:
-        kwargs["num_beams"] = args.num_beams
+        kwargs.update(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     metrics = evaluate(args.task, model, route, ds, **kwargs)
     result = {"task": args.task, "adapter": args.adapter, **info, "trainable_params": n_params,
               "main_metric": MAIN_METRIC[args.task], **metrics, "seconds": round(time.perf_counter() - t0, 1)}
