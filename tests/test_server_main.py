@@ -42,7 +42,7 @@ def test_missing_default_backbone_says_how_to_build_it(monkeypatch, tmp_path, ca
     monkeypatch.setattr(server_main, "DEFAULT_BACKBONE", tmp_path / "blip-shapes")
     assert server_main.main([]) == 2
     err = capsys.readouterr().err
-    assert "does not exist yet" in err and "training.pretrain" in err and "--backbone" in err
+    assert "does not exist yet" in err and "training.shapes.pretrain" in err and "--backbone" in err
     assert server_main.main(["--backbone", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
     assert server_main.main(["--backbone", str(tmp_path), "--port", "99999"]) == 2
