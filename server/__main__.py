@@ -1,8 +1,9 @@
 """Serve unitrans over HTTP.
 
     python -m server                                   # shipped default backbone + adapters, 127.0.0.1:8000
+    python -m server --port 8080 --adapters ./my-adapters --adapters /shared/adapters   # + models/adapters
     python -m server --backbone ~/blip-image-captioning-base --backbone ~/blip-vqa-base \
-                     --backbone ~/blip-itm-base-coco --adapters ./my-adapters --host 0.0.0.0
+                     --backbone ~/blip-itm-base-coco --adapters ./blip-base-adapters --no-shipped-adapters
     UNITRANS_API_KEY=secret python -m server           # every setting also reads UNITRANS_<NAME>
 
 Flags override environment variables; see server/settings.py for every setting.
@@ -25,19 +26,29 @@ from server.settings import DEFAULT_BACKBONE, Settings, missing_default_message
 
 
 def parse(argv: list[str]) -> dict:
+    d = Settings.model_fields  # defaults shown in --help are the settings' own
+
+    def default(name: str) -> str:
+        return f"(default: {d[name].default}; env UNITRANS_{name.upper()})"
+
     p = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", action="append", metavar="DIR",
-                   help="backbone directory; repeat to combine parts (default: models/blip-shapes)")
-    p.add_argument("--adapters", metavar="DIR", help="adapter directory (default: models/adapters)")
-    p.add_argument("--data", metavar="DIR", help="where galleries are kept (default: ./data of the repo)")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights and activations dtype")
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
-    p.add_argument("--max-batch-size", type=int, help="rows per batched model call")
-    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill")
-    p.add_argument("--queue-size", type=int, help="waiting requests per task before 503")
-    p.add_argument("--log-level", help="uvicorn and server log level (default info)")
+                   help="backbone directory; repeat to combine parts (default: models/blip-shapes; "
+                        "env UNITRANS_BACKBONE, a JSON list)")
+    p.add_argument("--adapters", action="append", metavar="DIR",
+                   help="adapter directory, served beside the shipped models/adapters; repeatable; a name in two "
+                        "directories stops the start (default: none; env UNITRANS_ADAPTERS, a JSON list)")
+    p.add_argument("--no-shipped-adapters", dest="shipped_adapters", action="store_const", const=False,
+                   help="do not serve models/adapters (e.g. beside a real BLIP) (env UNITRANS_SHIPPED_ADAPTERS=false)")
+    p.add_argument("--data", metavar="DIR", help=f"where galleries are kept {default('data')}")
+    p.add_argument("--host", help=f"bind address {default('host')}")
+    p.add_argument("--port", type=int, help=f"port {default('port')}")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help=f"weights and activations dtype {default('dtype')}")
+    p.add_argument("--device", help=f"cpu, cuda or cuda:N {default('device')}")
+    p.add_argument("--max-batch-size", type=int, help=f"rows per batched model call {default('max_batch_size')}")
+    p.add_argument("--max-wait-ms", type=float, help=f"how long a batch waits to fill {default('max_wait_ms')}")
+    p.add_argument("--queue-size", type=int, help=f"waiting requests per task before 503 {default('queue_size')}")
+    p.add_argument("--log-level", help=f"uvicorn and server log level {default('log_level')}")
     args = vars(p.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
 
@@ -55,6 +66,17 @@ def main(argv: list[str]) -> int:
     missing = [str(d) for d in settings.backbone if not d.is_dir()]
     if missing:
         print(f"error: backbone directory not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    missing = [str(d) for d in settings.adapters if not d.expanduser().is_dir()]
+    if missing:
+        print(f"error: adapter directory not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    from server.registry import AdapterDirError, find_adapter_files
+
+    try:
+        find_adapter_files(settings.adapter_dirs())
+    except AdapterDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 

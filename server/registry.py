@@ -9,7 +9,11 @@ on the model worker thread (`routing`, `load`, `unload`, `pin`). The event loop 
 an immutable snapshot of what is loaded, replaced after every mutation, and reads
 file headers (cached by size and mtime) to check a name exists and fits the task.
 
-A name with a file in the adapter directory is served even when not loaded: the
+Adapter files live in one or more directories (the user's, then the shipped
+`models/adapters`); a name is one file in one of them. A name found in two
+directories is refused: at start (`find_adapter_files`, naming both paths, and the
+server does not start) and, if such a file appears later, per request (409).
+A name with a file in an adapter directory is served even when not loaded: the
 first batch naming it loads it (LRU-evicting an unpinned adapter when full).
 `none` is the frozen backbone. No name = the task's default adapter when it is usable
 (its file fits this task and backbone), else the frozen backbone.
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from adapters import AdapterTable, read_adapter_meta
 from adapters.errors import AdapterFileError, AdapterTableError
-from server.errors import NotFound, TableFull, Unprocessable, WrongTask
+from server.errors import Conflict, NotFound, TableFull, Unprocessable, WrongTask
 from server.schemas import NAME_PATTERN
 from server.settings import TASKS, Settings
 
@@ -48,7 +52,32 @@ def check_name(name: str, what: str = "adapter") -> str:
     return name
 
 
-def _stat_version(path: Path) -> str | None:
+class AdapterDirError(ValueError):
+    """The adapter directories cannot be served as given (a name in two of them)."""
+
+
+def find_adapter_files(dirs: list[Path]) -> dict[str, Path]:
+    """{name: file} over every directory (missing ones hold nothing). Raises
+    AdapterDirError naming both paths when one name is in two directories."""
+    found: dict[str, list[Path]] = {}
+    for d in dirs:
+        if Path(d).is_dir():
+            for p in sorted(Path(d).glob(f"*{SUFFIX}")):
+                name = p.name[: -len(SUFFIX)]
+                if NAME_RE.fullmatch(name) and p.is_file():
+                    found.setdefault(name, []).append(p)
+    clashes = {n: ps for n, ps in found.items() if len(ps) > 1}
+    if clashes:
+        lines = [f"  {n}: " + " and ".join(map(str, ps)) for n, ps in sorted(clashes.items())]
+        raise AdapterDirError("adapter name(s) found in more than one adapter directory; rename or remove one "
+                              "of each (or leave out the shipped adapters with --no-shipped-adapters):\n"
+                              + "\n".join(lines))
+    return {n: ps[0] for n, ps in found.items()}
+
+
+def _stat_version(path: Path | None) -> str | None:
+    if path is None:
+        return None
     try:
         st = path.stat()
     except OSError:
@@ -60,19 +89,30 @@ class AdapterRegistry:
     def __init__(self, backbone, settings: Settings):
         self.backbone = backbone
         self.settings = settings
-        self.dir = Path(settings.adapters)
+        self.dirs = settings.adapter_dirs()
+        find_adapter_files(self.dirs)  # refuse a name in two directories before serving anything
         self.table = AdapterTable(backbone, capacity=settings.adapter_capacity)
         self._loaded: dict[str, Loaded] = {}  # snapshot, replaced whole (the event loop reads it)
         self._headers: dict[str, tuple[str, object]] = {}  # name -> (stat version, AdapterMeta | AdapterFileError)
 
     # -- shared helpers ---------------------------------------------------------------------
-    def path(self, name: str) -> Path:
-        return self.dir / f"{check_name(name)}{SUFFIX}"
+    def path(self, name: str) -> Path | None:
+        """The file of `name` in the adapter directories, or None. A name in two
+        directories (a file added after start) is a 409, its paths only in the log."""
+        file = f"{check_name(name)}{SUFFIX}"
+        found = [d / file for d in self.dirs if (d / file).is_file()]
+        if len(found) > 1:
+            log.warning("adapter %r is in several adapter directories: %s", name, ", ".join(map(str, found)))
+            raise Conflict(f"adapter {name!r} is in {len(found)} adapter directories; the server will not guess "
+                           "which (its log names them)")
+        return found[0] if found else None
 
     def file_names(self) -> list[str]:
-        if not self.dir.is_dir():
-            return []
-        return sorted(p.name[: -len(SUFFIX)] for p in self.dir.glob(f"*{SUFFIX}") if NAME_RE.fullmatch(p.name[: -len(SUFFIX)]))
+        names = set()
+        for d in self.dirs:
+            if d.is_dir():
+                names.update(p.name[: -len(SUFFIX)] for p in d.glob(f"*{SUFFIX}") if NAME_RE.fullmatch(p.name[: -len(SUFFIX)]))
+        return sorted(names)
 
     def header(self, name: str):
         """AdapterMeta of `<dir>/<name>.safetensors` (cached), an AdapterFileError, or None if absent."""
@@ -156,8 +196,8 @@ class AdapterRegistry:
     def load(self, name: str, pin: bool | None = None):
         """Load (or reload) `<dir>/<name>.safetensors`. On failure the table is unchanged."""
         path = self.path(name)
-        if not path.is_file():
-            raise NotFound(f"no adapter file named {name!r} in the adapter directory")
+        if path is None:
+            raise NotFound(f"no adapter file named {name!r} in the adapter directories")
         version = _stat_version(path) or ""
         was_pinned = name in self.table and self.table.pinned(name)
         if name not in self.table and self._full():
@@ -188,11 +228,11 @@ class AdapterRegistry:
         done = []
         for task in TASKS:
             name = self.settings.default_adapter(task)
-            if name == FROZEN or not self.path(name).is_file():
+            if name == FROZEN or self.path(name) is None:
                 continue
             try:
                 meta = self.load(name, pin=True)
-            except (NotFound, Unprocessable, TableFull) as exc:
+            except (NotFound, Unprocessable, TableFull, Conflict) as exc:
                 log.warning("default %s adapter %r not loaded: %s", task, name, exc.message)
                 continue
             if meta.task != task:
@@ -207,7 +247,7 @@ class AdapterRegistry:
             if name not in self.table:
                 try:
                     self.load(name)
-                except (NotFound, Unprocessable, TableFull) as exc:
+                except (NotFound, Unprocessable, TableFull, Conflict) as exc:
                     failed[name] = exc
         return failed
 

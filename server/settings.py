@@ -1,11 +1,14 @@
 """Every server setting, in one place: `Settings` reads `UNITRANS_*` environment
 variables; `python -m server` flags override them.
 
-    UNITRANS_BACKBONE='["/models/blip-cap", "/models/blip-vqa"]'   # a JSON list (or one path)
+    UNITRANS_BACKBONE='["/models/blip-cap", "/models/blip-vqa"]'   # a JSON list (or one path, or a,b)
+    UNITRANS_ADAPTERS='["./my-adapters", "/shared/adapters"]'      # served beside models/adapters
     UNITRANS_API_KEY=secret UNITRANS_MAX_BATCH_SIZE=32 python -m server
 
-With no backbone given the server serves the shipped default, `models/blip-shapes`
-and `models/adapters`, found next to this package (not relative to the CWD).
+With no backbone given the server serves the shipped default, `models/blip-shapes`;
+the shipped adapters `models/adapters` are served beside any adapter directories
+given (`shipped_adapters=False` leaves them out); both are found next to this package
+(not relative to the CWD).
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ class Settings(BaseSettings):
     # -- what to serve ----------------------------------------------------------------
     backbone: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="backbone dirs, parts taken from the first that has them; [] = default")
-    adapters: Path = Field(DEFAULT_ADAPTERS, description="directory of <name>.safetensors adapter files")
+    adapters: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="directories of <name>.safetensors adapter files, served beside "
+                                          "models/adapters; a name in two directories is refused at start")
+    shipped_adapters: bool = Field(True, description="also serve the shipped models/adapters (made for models/blip-shapes)")
     data: Path = Field(DEFAULT_DATA, description="where galleries are persisted")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "cpu"
@@ -68,7 +74,7 @@ class Settings(BaseSettings):
     # -- galleries --------------------------------------------------------------------
     faiss_threshold: int = Field(50_000, ge=1, description="galleries at least this large use a faiss HNSW index")
 
-    @field_validator("backbone", mode="before")
+    @field_validator("backbone", "adapters", mode="before")
     @classmethod
     def _paths(cls, value):
         if isinstance(value, (str, Path)):
@@ -82,6 +88,17 @@ class Settings(BaseSettings):
 
     def backbone_dirs(self) -> list[Path]:
         return list(self.backbone) or [DEFAULT_BACKBONE]
+
+    def adapter_dirs(self) -> list[Path]:
+        """The user's adapter directories, then the shipped one; each directory once."""
+        dirs = list(self.adapters) + ([DEFAULT_ADAPTERS] if self.shipped_adapters else [])
+        seen, out = set(), []
+        for d in dirs:
+            key = Path(d).expanduser().resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(Path(d).expanduser())
+        return out
 
     def default_adapter(self, task: str) -> str:
         return {"caption": self.default_caption_adapter, "vqa": self.default_vqa_adapter,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from client import Client
-from server.settings import DEFAULT_ADAPTERS, DEFAULT_BACKBONE
+from server.settings import DEFAULT_BACKBONE
 from tests.test_server_harness import noise, png, running_server
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_BACKBONE / "config.json").is_file(),
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_BACKBONE / "config.json").is_file()
 
 
 def test_default_backbone_and_adapters_serve_every_task(tmp_path):
-    with running_server(backbone=[], adapters=DEFAULT_ADAPTERS, data=tmp_path) as url, Client(url) as c:
+    with running_server(backbone=[], adapters=[], shipped_adapters=True, data=tmp_path) as url, Client(url) as c:
         ready = c.ready()
         assert ready["backbone"] == "blip-shapes" and ready["tasks"] == ["caption", "retrieve", "vqa"]
         image = png(noise(64, seed=1))

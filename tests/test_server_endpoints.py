@@ -27,7 +27,7 @@ def adapter_dir():
 
 @pytest.fixture(scope="module")
 def url(adapter_dir):
-    with running_server(adapters=adapter_dir) as u:
+    with running_server(adapters=[adapter_dir]) as u:
         yield u
 
 

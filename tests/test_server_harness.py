@@ -63,8 +63,9 @@ def tiny_world() -> Path:
 def settings_for(world: Path, data: Path | None = None, **overrides) -> Settings:
     data = data or Path(tempfile.mkdtemp(prefix="unitrans-data-"))
     # one torch thread: with the CPU shared, two threads spin against each other (10x slower here)
-    base = dict(backbone=[world / "backbone"], adapters=world / "adapters", data=data, max_wait_ms=5,
-                log_level="warning", torch_threads=1)
+    # shipped_adapters=False: models/adapters fit only models/blip-shapes (and share names with these)
+    base = dict(backbone=[world / "backbone"], adapters=[world / "adapters"], shipped_adapters=False, data=data,
+                max_wait_ms=5, log_level="warning", torch_threads=1)
     return Settings(**{**base, **overrides})
 
 

@@ -22,7 +22,7 @@ def test_defaults_resolve_from_the_package_not_the_cwd(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     s = Settings()
     assert s.backbone_dirs() == [DEFAULT_BACKBONE] and DEFAULT_BACKBONE == ROOT / "models" / "blip-shapes"
-    assert s.adapters == DEFAULT_ADAPTERS == ROOT / "models" / "adapters"
+    assert s.adapters == [] and s.adapter_dirs() == [DEFAULT_ADAPTERS] and DEFAULT_ADAPTERS == ROOT / "models" / "adapters"
     assert (s.host, s.port) == ("127.0.0.1", 8000)
 
 
@@ -56,7 +56,7 @@ def test_python_dash_m_server_serves_and_stops(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_TORCH_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "server", "--backbone", str(world / "backbone"), "--adapters",
-                             str(world / "adapters"), "--data", str(tmp_path), "--port", str(port),
+                             str(world / "adapters"), "--no-shipped-adapters", "--data", str(tmp_path), "--port", str(port),
                              "--log-level", "info"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
         with Client(f"http://127.0.0.1:{port}") as c:
