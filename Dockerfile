@@ -2,10 +2,11 @@
 #
 #   docker build -t unitrans .                        # CPU (default)
 #   docker run -p 8000:8000 unitrans                  # serves models/blip-shapes + models/adapters
+#   docker run -e UNITRANS_PORT=9000 -p 9000:9000 unitrans   # another port: CMD and HEALTHCHECK both read it
 #   docker build -t unitrans:cuda --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
 #                --build-arg DEVICE=cuda .            # then: docker run --gpus all -p 8000:8000 unitrans:cuda
 #   docker run -p 8000:8000 -v ~/blip-vqa-base:/blip:ro unitrans \
-#          python -m server --host 0.0.0.0 --backbone /blip      # a real BLIP from a mounted directory
+#          python -m server --backbone /blip --no-shipped-adapters   # a real BLIP from a mounted directory
 #
 # Build context: the repo root, after models/blip-shapes has been built (see README).
 # Settings come from UNITRANS_* variables (e.g. -e UNITRANS_API_KEY=...); galleries live in /data.
@@ -25,6 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1 \
     UNITRANS_DEVICE=${DEVICE} \
     UNITRANS_DATA=/data \
+    UNITRANS_HOST=0.0.0.0 \
     UNITRANS_PORT=8000
 
 WORKDIR /app
@@ -55,7 +57,8 @@ USER unitrans
 VOLUME ["/data"]
 EXPOSE 8000
 
+# One port setting: the server and its health probe both read UNITRANS_PORT (set it with -e, not --port).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('UNITRANS_PORT', '8000'), timeout=4)"]
 
-CMD ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "server"]

@@ -72,13 +72,32 @@ def test_healthcheck_probes_the_server():
     assert "CMD" in checks[0] and re.search(r"127\.0\.0\.1:.*/(readyz|healthz)", checks[0])
 
 
-def test_cmd_serves_on_all_interfaces_port_8000():
+def env() -> dict[str, str]:
+    out = {}
+    for word, rest in instructions():
+        if word == "ENV":
+            out.update(dict(shlex.split(part)[0].split("=", 1) for part in rest.split() if "=" in part))
+    return out
+
+
+def test_cmd_and_healthcheck_read_one_port_setting():
+    """CMD passes no --port or --host: the server reads UNITRANS_PORT / UNITRANS_HOST, the
+    probe reads UNITRANS_PORT, so `-e UNITRANS_PORT=9000` moves both (issue 14)."""
     cmds = [exec_form(rest) for word, rest in instructions() if word == "CMD"]
     assert len(cmds) == 1
     cmd = cmds[0]
-    assert cmd[:3] == ["python", "-m", "server"]
-    assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and cmd[cmd.index("--port") + 1] == "8000"
+    assert cmd[:3] == ["python", "-m", "server"] and "--port" not in cmd and "--host" not in cmd
+    assert env()["UNITRANS_HOST"] == "0.0.0.0" and env()["UNITRANS_PORT"] == "8000"
+    check = next(rest for word, rest in instructions() if word == "HEALTHCHECK")
+    assert "os.environ.get('UNITRANS_PORT'" in check
     assert ("EXPOSE", "8000") in instructions()
+    # and the server really takes its port from that variable
+    import os
+    from unittest import mock
+
+    from server.settings import Settings
+    with mock.patch.dict(os.environ, {"UNITRANS_PORT": "9000", "UNITRANS_HOST": "0.0.0.0"}):
+        assert (Settings().host, Settings().port) == ("0.0.0.0", 9000)
 
 
 def test_cpu_by_default_with_a_cuda_build_argument():
