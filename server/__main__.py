@@ -29,7 +29,9 @@ def parse(argv: list[str]) -> dict:
     p.add_argument("--backbone", action="append", metavar="DIR",
                    help="backbone directory; repeat to combine parts (default: models/blip-shapes)")
     p.add_argument("--adapters", metavar="DIR", help="adapter directory (default: models/adapters)")
-    p.add_argument("--data", metavar="DIR", help="where galleries are kept (default: ./data of the repo)")
+    p.add_argument("--data", metavar="DIR", help="local state; galleries default to <data>/lancedb (default: ./data of the repo)")
+    p.add_argument("--galleries", metavar="URI", help="LanceDB gallery store shared by replicas: a directory, "
+                   "s3://, gs:// or az:// URI (default: <data>/lancedb)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights and activations dtype")
