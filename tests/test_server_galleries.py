@@ -199,3 +199,11 @@ def test_migrate_imports_galleries_written_by_the_old_store(tmp_path):
         assert sorted(h["id"] for h in hits) == ["s0", "s1", "s2"]
         assert [i["text"] for i in c.gallery_items("words")["items"]] == [
             "a red circle", "two green triangles", "one yellow star"]
+
+
+def test_bench_runs_on_a_tiny_size(capsys):
+    from bench import galleries
+
+    [r] = galleries.main(["--sizes", "600", "--dim", "16", "--queries", "5", "--batch", "300"])
+    assert r["n"] == 600 and 0 <= r["recall10"] <= 1 and r["bytes_per_item"] > 64
+    assert "| 600 |" in capsys.readouterr().out
