@@ -186,7 +186,7 @@ class GalleryStore:
         pred = f"{q(cols[0])} = key" + (f" AND {where}" if where else "")
         content = "image" if self.kind(tbl) == "image" else "text"
         s = (tbl.search(np.asarray(query, np.float32), vector_column_name=cols[1]).metric("cosine")
-             .where(pred, prefilter=True).select(["id", "metadata", content]).limit(k))
+             .where(pred, prefilter=True).select(["id", "metadata", content, "_distance"]).limit(k))
         s = s.bypass_vector_index() if exact else s.nprobes(NPROBES).refine_factor(REFINE)
         rows = s.to_arrow().to_pylist()
         for r in rows:
