@@ -207,3 +207,25 @@ def test_bench_runs_on_a_tiny_size(capsys):
     [r] = galleries.main(["--sizes", "600", "--dim", "16", "--queries", "5", "--batch", "300"])
     assert r["n"] == 600 and 0 <= r["recall10"] <= 1 and r["bytes_per_item"] > 64
     assert "| 600 |" in capsys.readouterr().out
+
+
+def test_a_new_adapters_vectors_are_filled_in_chunks_without_flooding_the_queue():
+    texts = [f"{n} {c} {s}" for n in ("one", "two", "three") for c in ("red", "blue", "green", "yellow")
+             for s in ("circle", "square", "star", "triangles")] * 7  # 336 items
+    with running_server(queue_size=3, max_batch_size=8) as url, Client(url) as c:
+        c.create_gallery("many", kind="text")
+        for start in range(0, len(texts), 168):
+            c.add_items("many", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts[start:start + 168], start)],
+                        adapter="none")
+        hits = c.retrieve(image=IMGS[0], gallery="many", top_k=5, adapter="retrieval-b", rerank=False)["results"]
+        assert len(hits) == 5 and c.gallery("many")["adapters"] == ["none", "retrieval-b"]
+        inline = c.retrieve(image=IMGS[0], texts={h["id"]: texts[int(h["id"][1:])] for h in hits}, top_k=5,
+                            adapter="retrieval-b", rerank=False)["results"]
+        assert [h["itc"] for h in inline] == pytest.approx([h["itc"] for h in hits], abs=1e-5)
+        # a replaced item's retrieval-b vector is stale at once and recomputed by the next search
+        c.add_items("many", [{"id": hits[0]["id"], "text": "one yellow star"}], adapter="none")
+        again = c.retrieve(image=IMGS[0], texts={"x": "one yellow star"}, top_k=1, adapter="retrieval-b", rerank=False)
+        found = c.retrieve(image=IMGS[0], gallery="many", top_k=5, adapter="retrieval-b", rerank=False,
+                           filter={"id": hits[0]["id"]})["results"]
+        assert [h["itc"] for h in found] == pytest.approx(
+            [again["results"][0]["itc"]], abs=1e-5)
