@@ -198,9 +198,10 @@ class GalleryStore:
         """IVF-PQ (cosine) over one space's vectors: ~sqrt(n) partitions, D/8 sub-vectors of 8 floats."""
         n = tbl.count_rows(f"{q(column)} IS NOT NULL")
         dim = tbl.schema.field(column).type.list_size
-        tbl.create_index(metric="cosine", vector_column_name=column, index_type="IVF_PQ",
-                         num_partitions=max(1, min(4096, int(n ** 0.5))), num_sub_vectors=max(1, dim // 8),
-                         replace=True)
+        from lancedb.index import IvfPq
+
+        tbl.create_index(column, config=IvfPq(distance_type="cosine", num_partitions=max(1, min(4096, int(n ** 0.5))),
+                                              num_sub_vectors=max(1, dim // 8)), replace=True)
 
     def maintain(self, tbl) -> None:
         """After writes: index spaces that reached the threshold; fold rows added since into
