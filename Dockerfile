@@ -39,7 +39,7 @@ COPY pyproject.toml README.md ./
 COPY adapters/ adapters/
 COPY server/ server/
 COPY client/ client/
-RUN pip install -e ".[faiss]"
+RUN pip install -e .
 
 # The default backbone and adapters, served with no arguments (paths resolve from /app/server).
 # chmod: files written through temp files (mkstemp, mkdtemp) are 0600/0700 in a working tree,

@@ -87,11 +87,12 @@ class Requests:
 
     def retrieve(self, *, text: str | None = None, image: ImageLike | None = None, gallery: str | None = None,
                  images: dict[str, ImageLike] | None = None, texts: dict[str, str] | None = None, top_k: int = 5,
-                 adapter: str | None = None, rerank: bool = True):
+                 adapter: str | None = None, rerank: bool = True, filter: dict | None = None):
         """text -> image (gallery= an image gallery, or images={id: image}) or
-        image -> text (gallery= a text gallery, or texts={id: text}). Returns {"results": [{id, score, itc}], ...}."""
+        image -> text (gallery= a text gallery, or texts={id: text}); filter= e.g. {"metadata.colour": "red"}
+        restricts a gallery search. Returns {"results": [{id, score, itc}], ...}."""
         body = _drop_none({"text": text, "image": b64(image) if image is not None else None, "gallery": gallery,
-                           "top_k": top_k, "adapter": adapter, "rerank": rerank})
+                           "top_k": top_k, "adapter": adapter, "rerank": rerank, "filter": filter})
         if images is not None:
             body["images"] = [{"id": k, "image": b64(v)} for k, v in images.items()]
         if texts is not None:

@@ -40,7 +40,9 @@ def parse(argv: list[str]) -> dict:
                         "directories stops the start (default: none; env UNITRANS_ADAPTERS, a JSON list)")
     p.add_argument("--no-shipped-adapters", dest="shipped_adapters", action="store_const", const=False,
                    help="do not serve models/adapters (e.g. beside a real BLIP) (env UNITRANS_SHIPPED_ADAPTERS=false)")
-    p.add_argument("--data", metavar="DIR", help=f"where galleries are kept {default('data')}")
+    p.add_argument("--data", metavar="DIR", help=f"local state; galleries default to <data>/lancedb {default('data')}")
+    p.add_argument("--galleries", metavar="URI", help="LanceDB gallery store shared by replicas: a directory, "
+                   "s3://, gs:// or az:// URI (default: <data>/lancedb; env UNITRANS_GALLERIES)")
     p.add_argument("--host", help=f"bind address {default('host')}")
     p.add_argument("--port", type=int, help=f"port {default('port')}")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help=f"weights and activations dtype {default('dtype')}")

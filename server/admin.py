@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+import json
+import logging
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Query
 from starlette.concurrency import run_in_threadpool
 
 from server.deps import ServicesDep, require_api_key
 from server.errors import Conflict, NotFound, Unprocessable
-from server.galleries import item_key
+from server.galleries import GalleryExists, item_key
 from server.images import encode_png
 from server.inputs import check_text, load_b64_image
 from server.registry import FROZEN, check_name
-from server.retrieval import open_gallery
+from server.retrieval import gallery_vectors, open_gallery, space
 from server.schemas import (AdapterInfo, AdapterList, GalleryAdd, GalleryChange, GalleryCreate, GalleryDeleteItems,
-                            GalleryInfo, GalleryList)
+                            GalleryIndex, GalleryInfo, GalleryList)
 from server.settings import TASKS
 
+log = logging.getLogger("unitrans.server")
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
@@ -61,82 +65,77 @@ async def unload_adapter(name: str, svc: ServicesDep) -> AdapterInfo:
 
 
 # -- galleries --------------------------------------------------------------------
-def _gallery_info(svc, gallery) -> GalleryInfo:
-    return GalleryInfo(name=gallery.name, kind=gallery.kind, size=len(gallery.items),
-                       adapters=gallery.stored_adapters(), index=svc.galleries.index_kind(gallery))
+async def _gallery_info(svc, tbl) -> GalleryInfo:
+    return GalleryInfo(**await run_in_threadpool(svc.galleries.info, tbl))
 
 
 @router.get("/galleries", response_model=GalleryList, tags=["galleries"])
 async def list_galleries(svc: ServicesDep) -> GalleryList:
-    galleries = [svc.galleries.get(n) for n in await run_in_threadpool(svc.galleries.names)]
-    return GalleryList(galleries=[_gallery_info(svc, g) for g in galleries if g is not None])
+    infos = []
+    for name in await run_in_threadpool(svc.galleries.names):
+        tbl = await run_in_threadpool(svc.galleries.table, name)
+        if tbl is not None:  # dropped by another replica meanwhile
+            infos.append(await _gallery_info(svc, tbl))
+    return GalleryList(galleries=infos)
 
 
 @router.post("/galleries", response_model=GalleryInfo, status_code=201, tags=["galleries"])
 async def create_gallery(body: GalleryCreate, svc: ServicesDep) -> GalleryInfo:
-    async with svc.lock(body.name):
-        if svc.galleries.get(body.name) is not None:
-            raise Conflict(f"gallery {body.name!r} already exists")
-        gallery = await run_in_threadpool(svc.galleries.create, body.name, body.kind)
-    return _gallery_info(svc, gallery)
+    try:
+        tbl = await run_in_threadpool(svc.galleries.create, body.name, body.kind)
+    except GalleryExists:
+        raise Conflict(f"gallery {body.name!r} already exists") from None
+    return await _gallery_info(svc, tbl)
 
 
 @router.get("/galleries/{name}", response_model=GalleryInfo, tags=["galleries"])
 async def get_gallery(name: str, svc: ServicesDep) -> GalleryInfo:
-    check_name(name, "gallery")
-    gallery = svc.galleries.get(name)
-    if gallery is None:
-        raise NotFound(f"no gallery named {name!r}")
-    return _gallery_info(svc, gallery)
+    return await _gallery_info(svc, await open_gallery(svc, name))
 
 
 @router.get("/galleries/{name}/items", tags=["galleries"])
 async def list_items(name: str, svc: ServicesDep) -> dict:
-    check_name(name, "gallery")
-    gallery = svc.galleries.get(name)
-    if gallery is None:
-        raise NotFound(f"no gallery named {name!r}")
-    return {"gallery": name, "items": [{"id": it["id"], "text": it.get("text"), "metadata": it.get("metadata", {})}
-                                       for it in gallery.items]}
+    tbl = await open_gallery(svc, name)
+    return {"gallery": name, "items": await run_in_threadpool(svc.galleries.items, tbl)}
 
 
 @router.delete("/galleries/{name}", tags=["galleries"])
 async def delete_gallery(name: str, svc: ServicesDep) -> dict:
     check_name(name, "gallery")
-    async with svc.lock(name):
-        if svc.galleries.get(name) is None:
-            raise NotFound(f"no gallery named {name!r}")
-        await run_in_threadpool(svc.galleries.delete, name)
+    if not await run_in_threadpool(svc.galleries.delete, name):
+        raise NotFound(f"no gallery named {name!r}")
     return {"deleted": name}
 
 
 @router.post("/galleries/{name}/items", response_model=GalleryChange, tags=["galleries"])
-async def add_items(name: str, body: GalleryAdd, svc: ServicesDep) -> GalleryChange:
+async def add_items(name: str, body: GalleryAdd, svc: ServicesDep, tasks: BackgroundTasks) -> GalleryChange:
     """Add or replace items (by id); their ITC vectors are computed now with `adapter` (default:
     the retrieval default), and later for any other adapter on its first search."""
     s = svc.settings
     svc.require_task("retrieve")
-    check_name(name, "gallery")
-    gallery = svc.galleries.get(name)
-    if gallery is None:
-        raise NotFound(f"no gallery named {name!r}")
+    tbl = await open_gallery(svc, name)
+    kind = svc.galleries.kind(tbl)
     if len(body.items) > s.max_inline_items:
         raise Unprocessable(f"{len(body.items)} items is over the limit of {s.max_inline_items} per request")
     if len({it.id for it in body.items}) != len(body.items):
         raise Unprocessable("item ids must be unique within one request")
+    for i, it in enumerate(body.items):
+        try:
+            json.dumps(it.metadata, ensure_ascii=False, allow_nan=False).encode()
+            it.id.encode()
+        except (ValueError, UnicodeEncodeError):
+            raise Unprocessable(f"items[{i}]: id and metadata must be UTF-8 JSON (no NaN, no lone surrogates)") from None
     adapter = svc.registry.resolve("retrieve", body.adapter)
-    entries, blobs = [], {}
-    if gallery.kind == "image":
+    rows = []
+    if kind == "image":
         images = []
         for i, it in enumerate(body.items):
             if it.image is None or it.text is not None:
                 raise Unprocessable(f"items[{i}]: an image gallery takes 'image' (base64), not 'text'")
             images.append(await load_b64_image(it.image, s, f"items[{i}].image"))
         pngs = await run_in_threadpool(lambda: [encode_png(im) for im in images])
-        for it, png in zip(body.items, pngs):
-            key = item_key(it.id, png)
-            blobs[f"{key}.png"] = png
-            entries.append({"id": it.id, "key": key, "blob": f"{key}.png", "metadata": it.metadata})
+        rows = [{"id": it.id, "key": item_key(it.id, png), "image": png, "metadata": it.metadata}
+                for it, png in zip(body.items, pngs)]
         pixels = await run_in_threadpool(svc.engine.pixels, images)
         vecs = await svc.engine.itc_images(pixels, adapter)
     else:
@@ -144,23 +143,42 @@ async def add_items(name: str, body: GalleryAdd, svc: ServicesDep) -> GalleryCha
             if it.text is None or it.image is not None:
                 raise Unprocessable(f"items[{i}]: a text gallery takes 'text', not 'image'")
             check_text(it.text, s, f"items[{i}].text")
-            entries.append({"id": it.id, "key": item_key(it.id, it.text), "text": it.text, "metadata": it.metadata})
+            rows.append({"id": it.id, "key": item_key(it.id, it.text), "text": it.text, "metadata": it.metadata})
         vecs = await svc.engine.itc_texts([it.text for it in body.items], adapter)
-    vectors = (adapter or FROZEN, svc.registry.version(adapter), svc.backbone.fingerprint,
-               [e["key"] for e in entries], vecs)
+    tbl = await open_gallery(svc, name, kind)  # may have been deleted meanwhile
+    added, replaced = await run_in_threadpool(svc.galleries.add, tbl, rows, space(svc, adapter), vecs)
+    tasks.add_task(_maintain, svc, tbl)
+    return GalleryChange(gallery=name, added=added, replaced=replaced, size=await run_in_threadpool(tbl.count_rows))
+
+
+async def _maintain(svc, tbl) -> None:
+    """After an add, off the request: index a space past the threshold (one at a time per process)."""
+    if svc.lock(f"index:{tbl.name}").locked():
+        return
+    async with svc.lock(f"index:{tbl.name}"):
+        try:
+            await run_in_threadpool(svc.galleries.maintain, tbl)
+        except Exception:  # noqa: BLE001 - maintenance must never fail an add; the next add tries again
+            log.exception("gallery %s: index maintenance failed", tbl.name)
+
+
+@router.post("/galleries/{name}/index", response_model=GalleryInfo, tags=["galleries"])
+async def index_gallery(name: str, body: GalleryIndex, svc: ServicesDep) -> GalleryInfo:
+    """Build (or rebuild) the IVF-PQ index of `adapter`'s vectors now, whatever the gallery's size."""
+    svc.require_task("retrieve")
+    tbl = await open_gallery(svc, name)
+    adapter = svc.registry.resolve("retrieve", body.adapter)
     async with svc.lock(name):
-        gallery = open_gallery(svc, name, gallery.kind)  # may have been deleted meanwhile
-        added, replaced = await run_in_threadpool(gallery.add, entries, blobs, vectors)
-    return GalleryChange(gallery=name, added=added, replaced=replaced, size=len(gallery.items))
+        await gallery_vectors(svc, tbl, svc.galleries.kind(tbl), adapter)
+    if await run_in_threadpool(tbl.count_rows) < 256:
+        raise Unprocessable(f"gallery {name!r} has under 256 items: too few to train an index (exact search is used)")
+    async with svc.lock(f"index:{name}"):
+        await run_in_threadpool(svc.galleries.build_index, tbl, space(svc, adapter)[1])
+    return await _gallery_info(svc, tbl)
 
 
 @router.post("/galleries/{name}/items/delete", response_model=GalleryChange, tags=["galleries"])
 async def delete_items(name: str, body: GalleryDeleteItems, svc: ServicesDep) -> GalleryChange:
-    check_name(name, "gallery")
-    async with svc.lock(name):
-        gallery = svc.galleries.get(name)
-        if gallery is None:
-            raise NotFound(f"no gallery named {name!r}")
-        removed = await run_in_threadpool(gallery.remove, body.ids)
-    return GalleryChange(gallery=name, removed=removed, size=len(gallery.items))
-
+    tbl = await open_gallery(svc, name)
+    removed = await run_in_threadpool(svc.galleries.remove, tbl, body.ids)
+    return GalleryChange(gallery=name, removed=removed, size=await run_in_threadpool(tbl.count_rows))

@@ -62,7 +62,11 @@ async def lifespan(app: FastAPI):
         backbone, registry = await asyncio.get_running_loop().run_in_executor(executor, _load, settings)
         engine = Engine(backbone, registry, settings, metrics, executor)
         await engine.start()
-        galleries = GalleryStore(settings.data, settings.faiss_threshold)
+        galleries = GalleryStore(settings.gallery_uri(), settings.gallery_storage_options,
+                                 settings.gallery_index_threshold)
+        if any((settings.data / "galleries").glob("*/manifest.json")):
+            log.warning("galleries of the old format in %s are not served; import them with "
+                        "`python -m server.galleries migrate %s`", settings.data / "galleries", settings.data)
         app.state.services = Services(settings, metrics, executor, backbone, registry, engine, galleries)
         yield
     finally:

@@ -4,9 +4,10 @@ by BLIP's score (`adapters.predict.rerank_score`, the one `training.evaluate` ra
     text -> image   query text vs an image gallery, or inline images
     image -> text   query image vs a text gallery, or inline texts
 
-Gallery vectors are kept per adapter; the first search with an adapter whose
-vectors are missing (or stale: another adapter file, another backbone) computes
-and stores them.
+Gallery vectors are kept per adapter (server/galleries.py: the vector lifecycle); a
+search with an adapter whose vectors are missing or stale (another adapter file,
+another backbone, an item replaced since) computes and stores them first. `filter`
+(server/gallery_filter.py) restricts a gallery search before its top-k.
 """
 
 from __future__ import annotations
@@ -20,59 +21,66 @@ from starlette.concurrency import run_in_threadpool
 from adapters import predict
 from server.deps import Services
 from server.errors import NotFound, Unprocessable
-from server.galleries import Gallery
+from server.gallery_filter import FilterError, compile_filter
+from server.galleries import space_columns
 from server.inputs import check_text, load_b64_image
 from server.registry import FROZEN, check_name
 from server.schemas import Hit, RetrieveRequest, RetrieveResponse
 
 
 CHUNK = 256  # gallery items decoded and embedded at a time
-SAVE_EVERY = 4096  # vectors written to disk at least this often while filling a gallery
+SAVE_EVERY = 4096  # vectors written at least this often while filling a gallery (progress survives a restart)
 
 
 def _png(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-async def gallery_vectors(svc: Services, gallery: Gallery, adapter: str | None) -> None:
-    """Compute and store the vectors `gallery` lacks for `adapter` (caller holds the gallery lock)."""
-    label, version, fp = adapter or FROZEN, svc.registry.version(adapter), svc.backbone.fingerprint
-    missing = await run_in_threadpool(gallery.missing, label, version, fp)
-    keys, parts = [], []
-    for start in range(0, len(missing), CHUNK):  # bounded memory: CHUNK decoded images at a time
-        chunk = missing[start:start + CHUNK]
-        if gallery.kind == "image":
-            images = await run_in_threadpool(lambda: [_png(gallery.blob(it)) for it in chunk])
+def space(svc: Services, adapter: str | None) -> tuple[str, str]:
+    """The gallery columns of `adapter`'s vectors on this backbone."""
+    return space_columns(adapter or FROZEN, svc.registry.version(adapter), svc.backbone.fingerprint)
+
+
+async def gallery_vectors(svc: Services, tbl, kind: str, adapter: str | None) -> None:
+    """Compute and store the vectors `tbl` lacks for `adapter` (caller holds the gallery lock)."""
+    cols, store = space(svc, adapter), svc.galleries
+    batches = await run_in_threadpool(store.missing, tbl, cols, CHUNK)
+    ids, keys, parts = [], [], []
+    while (chunk := await run_in_threadpool(next, batches, None)) is not None:  # CHUNK rows in memory at a time
+        if kind == "image":
+            images = await run_in_threadpool(lambda: [_png(it["image"]) for it in chunk])
             pixels = await run_in_threadpool(svc.engine.pixels, images)
             parts.append(await svc.engine.itc_images(pixels, adapter))
         else:
             parts.append(await svc.engine.itc_texts([it["text"] for it in chunk], adapter))
+        ids += [it["id"] for it in chunk]
         keys += [it["key"] for it in chunk]
-        if len(keys) >= SAVE_EVERY or start + CHUNK >= len(missing):  # progress survives a restart
-            await run_in_threadpool(gallery.put_vectors, label, version, fp, keys, np.concatenate(parts))
-            keys, parts = [], []
+        if len(keys) >= SAVE_EVERY:
+            await run_in_threadpool(store.put_vectors, tbl, cols, ids, keys, np.concatenate(parts))
+            ids, keys, parts = [], [], []
+    if keys:
+        await run_in_threadpool(store.put_vectors, tbl, cols, ids, keys, np.concatenate(parts))
 
 
-def open_gallery(svc: Services, name: str, kind: str) -> Gallery:
+async def open_gallery(svc: Services, name: str, kind: str | None = None):
+    """The gallery's table (404 if absent; 422 if it holds the other modality than `kind`)."""
     check_name(name, "gallery")
-    gallery = svc.galleries.get(name)
-    if gallery is None:
+    tbl = await run_in_threadpool(svc.galleries.table, name)
+    if tbl is None:
         raise NotFound(f"no gallery named {name!r}")
-    if gallery.kind != kind:
-        raise Unprocessable(f"gallery {name!r} holds {gallery.kind}s; this query needs a {kind} gallery")
-    return gallery
+    have = svc.galleries.kind(tbl)
+    if kind is not None and have != kind:
+        raise Unprocessable(f"gallery {name!r} holds {have}s; this query needs a {kind} gallery")
+    return tbl
 
 
-async def search_gallery(svc: Services, name: str, kind: str, adapter, query: np.ndarray, top_k: int):
-    """ITC top-k of a gallery under its lock, vectors for `adapter` filled in first.
-    Returns ([(item, itc)], image blobs read under the same lock, or None for texts)."""
-    gallery = open_gallery(svc, name, kind)
-    async with svc.lock(gallery.name):
-        await gallery_vectors(svc, gallery, adapter)
-        found = await run_in_threadpool(svc.galleries.search, gallery, adapter or FROZEN,
-                                        svc.registry.version(adapter), svc.backbone.fingerprint, query, top_k)
-        blobs = await run_in_threadpool(lambda: [gallery.blob(it) for it, _ in found]) if kind == "image" else None
-    return found, blobs
+async def search_gallery(svc: Services, name: str, kind: str, adapter, query: np.ndarray, top_k: int,
+                         where: str | None):
+    """ITC top-k of a gallery ([(row with id, metadata, content), itc]), vectors for `adapter` filled in first."""
+    tbl = await open_gallery(svc, name, kind)
+    async with svc.lock(name):
+        await gallery_vectors(svc, tbl, kind, adapter)
+    return await run_in_threadpool(svc.galleries.search, tbl, space(svc, adapter), query, top_k, where)
 
 
 def _top(sims: np.ndarray, k: int) -> list[int]:
@@ -90,6 +98,14 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
         raise Unprocessable(f"{len(inline)} inline items is over the limit of {s.max_inline_items}")
     if len({it.id for it in inline}) != len(inline):
         raise Unprocessable("inline item ids must be unique")
+    where = None
+    if req.filter is not None:
+        if req.gallery is None:
+            raise Unprocessable("filter: applies to a gallery search, not to inline items")
+        try:
+            where = compile_filter(req.filter)
+        except FilterError as exc:
+            raise Unprocessable(f"filter: {exc}") from None
     adapter = svc.registry.resolve("retrieve", req.adapter)
     engine = svc.engine
 
@@ -97,8 +113,8 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
         check_text(req.text, s, "text")
         query = (await engine.itc_texts([req.text], adapter))[0]
         if req.gallery is not None:
-            found, blobs = await search_gallery(svc, req.gallery, "image", adapter, query, req.top_k)
-            images = await run_in_threadpool(lambda: [_png(b) for b in blobs])
+            found = await search_gallery(svc, req.gallery, "image", adapter, query, req.top_k, where)
+            images = await run_in_threadpool(lambda: [_png(it["image"]) for it, _ in found])
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
             pixels = await run_in_threadpool(engine.pixels, images) if images else None
         else:
@@ -116,7 +132,7 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
         pixels = await run_in_threadpool(engine.pixels, [image])
         query = (await engine.itc_images(pixels, adapter))[0]
         if req.gallery is not None:
-            found, _ = await search_gallery(svc, req.gallery, "text", adapter, query, req.top_k)
+            found = await search_gallery(svc, req.gallery, "text", adapter, query, req.top_k, where)
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
             texts = [it["text"] for it, _ in found]
         else:

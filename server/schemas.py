@@ -69,6 +69,9 @@ class RetrieveRequest(Body):
     top_k: int = Field(5, ge=1, description="results returned (and ITM re-ranked)")
     adapter: str | None = None
     rerank: bool = Field(True, description="re-rank the ITC top-k with the ITM head")
+    filter: dict[str, Any] | None = Field(
+        None, description='gallery searches only: e.g. {"metadata.colour": "red"}, {"metadata.n": {"$gte": 2}}, '
+                          '{"$or": [...]}; grammar in docs/serving.md')
 
     @model_validator(mode="after")
     def _one_direction(self):
@@ -124,7 +127,12 @@ class GalleryInfo(BaseModel):
     kind: Literal["image", "text"]
     size: int
     adapters: list[str] = Field(..., description="adapters whose ITC vectors are stored")
-    index: Literal["exact", "faiss-hnsw"]
+    index: Literal["exact", "ivf_pq"] = Field(..., description="ivf_pq once any adapter's vectors are indexed")
+    indexed: list[str] = Field(default_factory=list, description="adapters whose vectors have an IVF-PQ index")
+
+
+class GalleryIndex(Body):
+    adapter: str | None = Field(None, description="index this adapter's vectors (default: the retrieval default)")
 
 
 class GalleryList(BaseModel):

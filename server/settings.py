@@ -36,7 +36,7 @@ class Settings(BaseSettings):
         default_factory=list, description="directories of <name>.safetensors adapter files, served beside "
                                           "models/adapters; a name in two directories is refused at start")
     shipped_adapters: bool = Field(True, description="also serve the shipped models/adapters (made for models/blip-shapes)")
-    data: Path = Field(DEFAULT_DATA, description="where galleries are persisted")
+    data: Path = Field(DEFAULT_DATA, description="local state; galleries default to <data>/lancedb")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "cpu"
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the model worker; 0 = torch default")
@@ -72,7 +72,11 @@ class Settings(BaseSettings):
     max_top_k: int = Field(100, ge=1)
 
     # -- galleries --------------------------------------------------------------------
-    faiss_threshold: int = Field(50_000, ge=1, description="galleries at least this large use a faiss HNSW index")
+    galleries: str | None = Field(None, description="LanceDB URI of the gallery store: a directory, s3://, gs://, "
+                                                    "az://; shared by replicas; None = <data>/lancedb")
+    gallery_storage_options: dict[str, str] = Field(
+        default_factory=dict, description="LanceDB storage options for object storage (region, endpoint, ...)")
+    gallery_index_threshold: int = Field(100_000, ge=1, description="a vector space this large gets an IVF-PQ index")
 
     @field_validator("backbone", "adapters", mode="before")
     @classmethod
@@ -85,6 +89,9 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [p for p in text.split(",") if p] if text else []
         return value
+
+    def gallery_uri(self) -> str:
+        return self.galleries or str(self.data / "lancedb")
 
     def backbone_dirs(self) -> list[Path]:
         return list(self.backbone) or [DEFAULT_BACKBONE]

@@ -113,7 +113,7 @@ def test_retrieve_all_four_ways(c):
 
 def test_gallery_crud(c):
     info = c.create_gallery("crud")
-    assert info == {"name": "crud", "kind": "image", "size": 0, "adapters": [], "index": "exact"}
+    assert info == {"name": "crud", "kind": "image", "size": 0, "adapters": [], "index": "exact", "indexed": []}
     with pytest.raises(ConflictError):
         c.create_gallery("crud")
     added = c.add_items("crud", [{"id": "a", "image": IMGS[0]}, {"id": "b", "image": IMGS[1]}])
