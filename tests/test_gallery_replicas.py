@@ -24,7 +24,7 @@ def replica(galleries, tmp):
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_TORCH_THREADS": "1", "UNITRANS_GALLERIES": str(galleries)}
     proc = subprocess.Popen([sys.executable, "-m", "server", "--backbone", str(world / "backbone"), "--adapters",
-                             str(world / "adapters"), "--data", str(tmp), "--port", str(port), "--log-level", "warning"],
+                             str(world / "adapters"), "--no-shipped-adapters", "--data", str(tmp), "--port", str(port), "--log-level", "warning"],
                             cwd=tmp, env=env, stderr=subprocess.PIPE, text=True)
     try:
         with Client(f"http://127.0.0.1:{port}", timeout=60) as c:
