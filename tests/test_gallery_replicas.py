@@ -7,13 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
-from client import Client, ConnectionFailed
+from client import Client
 from server.settings import ROOT
-from tests.test_server_harness import images, tiny_world
+from tests.test_server_harness import images, tiny_world, wait_ready
 
 
 @contextmanager
@@ -28,15 +27,7 @@ def replica(galleries, tmp):
                             cwd=tmp, env=env, stderr=subprocess.PIPE, text=True)
     try:
         with Client(f"http://127.0.0.1:{port}", timeout=60) as c:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    if c.ready()["ready"]:
-                        break
-                except ConnectionFailed:
-                    pass
-                assert time.time() < deadline and proc.poll() is None, "replica did not come up"
-                time.sleep(0.25)
+            wait_ready(c, proc, 120)
             yield c
     finally:
         proc.send_signal(signal.SIGTERM)

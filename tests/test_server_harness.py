@@ -28,6 +28,7 @@ import uvicorn
 from PIL import Image
 
 from adapters import create_adapter, save_adapter
+from client import ConnectionFailed
 from adapters.backbone import Backbone
 from server.app import create_app
 from server.settings import Settings
@@ -107,3 +108,17 @@ def images(n: int, seed: int = 0) -> list[bytes]:
 def noise(size: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).convert(mode)
+
+
+def wait_ready(client, proc, seconds: float = 90) -> None:
+    """Poll /readyz of a server started as a subprocess until it is ready; fail if the
+    process exits first or `seconds` pass."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if client.ready()["ready"]:
+                return
+        except ConnectionFailed:
+            pass
+        assert time.time() < deadline and proc.poll() is None, "server did not come up"
+        time.sleep(0.25)

@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from client import Client, ConnectionFailed
+from client import Client
 from server import __main__ as server_main
 from server.settings import DEFAULT_ADAPTERS, DEFAULT_BACKBONE, ROOT, Settings
-from tests.test_server_harness import images, tiny_world
+from tests.test_server_harness import images, tiny_world, wait_ready
 
 
 def test_defaults_resolve_from_the_package_not_the_cwd(monkeypatch, tmp_path):
@@ -60,15 +59,7 @@ def test_python_dash_m_server_serves_and_stops(tmp_path):
                              "--log-level", "info"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
         with Client(f"http://127.0.0.1:{port}") as c:
-            deadline = time.time() + 90
-            while True:
-                try:
-                    if c.ready()["ready"]:
-                        break
-                except ConnectionFailed:
-                    pass
-                assert time.time() < deadline and proc.poll() is None, "server did not come up"
-                time.sleep(0.25)
+            wait_ready(c, proc, 90)
             assert c.caption(images(1)[0])["adapter"] == "caption"
     finally:
         proc.send_signal(signal.SIGTERM)
