@@ -168,10 +168,10 @@ async def index_gallery(name: str, body: GalleryIndex, svc: ServicesDep) -> Gall
     svc.require_task("retrieve")
     tbl = await open_gallery(svc, name)
     adapter = svc.registry.resolve("retrieve", body.adapter)
+    if await run_in_threadpool(tbl.count_rows) < 256:  # before computing any vector
+        raise Unprocessable(f"gallery {name!r} has under 256 items: too few to train an index (exact search is used)")
     async with svc.lock(name):
         await gallery_vectors(svc, tbl, svc.galleries.kind(tbl), adapter)
-    if await run_in_threadpool(tbl.count_rows) < 256:
-        raise Unprocessable(f"gallery {name!r} has under 256 items: too few to train an index (exact search is used)")
     async with svc.lock(f"index:{name}"):
         await run_in_threadpool(svc.galleries.build_index, tbl, space(svc, adapter)[1])
     return await _gallery_info(svc, tbl)

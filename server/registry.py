@@ -56,9 +56,8 @@ class AdapterDirError(ValueError):
     """The adapter directories cannot be served as given (a name in two of them)."""
 
 
-def find_adapter_files(dirs: list[Path]) -> dict[str, Path]:
-    """{name: file} over every directory (missing ones hold nothing). Raises
-    AdapterDirError naming both paths when one name is in two directories."""
+def _scan(dirs: list[Path]) -> dict[str, list[Path]]:
+    """{name: its files, in directory order} over every directory (missing ones hold nothing)."""
     found: dict[str, list[Path]] = {}
     for d in dirs:
         if Path(d).is_dir():
@@ -66,6 +65,13 @@ def find_adapter_files(dirs: list[Path]) -> dict[str, Path]:
                 name = p.name[: -len(SUFFIX)]
                 if NAME_RE.fullmatch(name) and p.is_file():
                     found.setdefault(name, []).append(p)
+    return found
+
+
+def find_adapter_files(dirs: list[Path]) -> dict[str, Path]:
+    """{name: file} over every directory (missing ones hold nothing). Raises
+    AdapterDirError naming both paths when one name is in two directories."""
+    found = _scan(dirs)
     clashes = {n: ps for n, ps in found.items() if len(ps) > 1}
     if clashes:
         lines = [f"  {n}: " + " and ".join(map(str, ps)) for n, ps in sorted(clashes.items())]
@@ -108,11 +114,7 @@ class AdapterRegistry:
         return found[0] if found else None
 
     def file_names(self) -> list[str]:
-        names = set()
-        for d in self.dirs:
-            if d.is_dir():
-                names.update(p.name[: -len(SUFFIX)] for p in d.glob(f"*{SUFFIX}") if NAME_RE.fullmatch(p.name[: -len(SUFFIX)]))
-        return sorted(names)
+        return sorted(_scan(self.dirs))
 
     def header(self, name: str):
         """AdapterMeta of `<dir>/<name>.safetensors` (cached), an AdapterFileError, or None if absent."""
