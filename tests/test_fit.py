@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -150,9 +151,16 @@ def test_resume_refuses_a_different_recipe(world, tmp_path):
                        "--lr", "0.5"))
 
 
+def _free_port() -> int:
+    """A port nothing listens on now: a fixed one collides when two suites run at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_torchrun_two_processes(world, tmp_path):
     out = tmp_path / "ddp.safetensors"
-    cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29517", "-m", "training.fit",
+    cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()), "-m", "training.fit",
            *_args(world, "retrieval", out, "--epochs", "1", "--train-limit", "16", "--val-limit", "4")]
     run = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
