@@ -183,7 +183,7 @@ def _one_group(rng, scene: Scene, g: Group) -> tuple[str, Description]:
     np_ = _phrase(rng, m)
     templates = [np_, np_, f"image of {np_}", f"photo of {np_}", f"{np_} on a plain background",
                  f"there {_be(m)} {np_}", f"{np_} in the picture", f"drawing: {np_}"]
-    if g.region in SIDE_WORDS and len(matching(m, scene)) == 1 and rng.random() < 0.5:
+    if g.region in SIDE_WORDS and len(matching(m, scene)) == 1 and rng.random() < 0.75:
         side = SIDE_WORDS[g.region]
         m = dataclasses.replace(m, region=g.region)
         templates = [f"{np_} {side}", f"{side}, {np_}", f"{side}: {np_}", f"{np_} {_be(m)} {side}"]
@@ -197,7 +197,7 @@ def _two_groups(rng, scene: Scene) -> tuple[str, Description]:
         ma, mb = (_mention_of(rng, g, scene, full=True) for g in (a, b))
     pa, pb = _phrase(rng, ma), _phrase(rng, mb)
     clean = len(matching(ma, scene)) == 1 and len(matching(mb, scene)) == 1 and ma.count and mb.count
-    if not clean or rng.random() < 0.15:  # no spatial claim
+    if not clean or rng.random() < 0.08:  # no spatial claim
         text = _pick(rng, [f"{pa} and {pb}", f"{pa} with {pb}", f"{pa}, {pb}", f"{pa} next to {pb}"])
         return text, Description((ma, mb))
     ra = a.region
