@@ -48,6 +48,20 @@ def test_batches_are_sibling_pairs_with_checked_positives():
     assert data[3][0][2] == AltTextPairs(2, "train", 8, 32)[3][0][2]  # deterministic stream
 
 
+def test_prefix_lm_splits_each_caption_into_fused_prefix_and_decoded_rest():
+    data = AltTextPairs(seed=2, split="train", n_pairs=8, image_size=32)
+    tok = build_processor(build_tokenizer(pretrain.vocabulary_texts()), 32).tokenizer
+    rows = [r for p in range(8) for r in data[p]]
+    batch = data.collate([data[p] for p in range(8)], build_processor(tok, 32))
+    cuts = [r[4] for r in rows]
+    assert len(set(cuts)) > 1 and all(0 <= c < len(r[2].split()) for r, c in zip(rows, cuts))
+    for i, row in enumerate(rows):
+        prefix = tok.decode(batch["prefix_ids"][i][batch["prefix_mask"][i].bool()], skip_special_tokens=True)
+        rest = tok.decode(batch["suffix_ids"][i][batch["suffix_mask"][i].bool()], skip_special_tokens=True)
+        assert rest, row[2]  # the decoder always has words to produce
+        assert tok.decode(tok(row[2]).input_ids, skip_special_tokens=True) == " ".join(w for w in (prefix, rest) if w)
+
+
 def test_backbone_directory_layout(backbone_dir):
     names = {p.name for p in backbone_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "pretrain.json"} <= names

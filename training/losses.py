@@ -160,11 +160,19 @@ def contrastive_and_matching(bb, ids, mask, image_embeds: torch.Tensor, positive
 
 def pretrain_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
                   generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """BLIP's pretraining: ITC + ITM (hard negatives) + LM on one shared image encoding.
+    """BLIP's pretraining: ITC + ITM (hard negatives) + LM on one shared image encoding,
+    plus a prefix LM when the batch has prefix_ids (SimVLM's objective on BLIP's VQA path).
     batch: pixel_values (N, 3, H, W); input_ids/attention_mask (N, L) the caption alone;
     dec_ids/dec_mask (N, L') prompt + caption; prompt_len; positive (N, N) bool (which
     captions are true of which images: paraphrases and partial captions of other images
-    are positives, never ITM negatives)."""
+    are positives, never ITM negatives); optional prefix_ids/prefix_mask (N, Lp) the
+    caption's first words and suffix_ids/suffix_mask (N, Ls) the rest.
+
+    Why the prefix LM: BLIP's VQA decoder cross-attends the fusion encoder's states of the
+    question, never the image tokens it saw in captioning pretraining. A real BLIP shares
+    the decoder's cross-attention and FFN with the encoder, and its VQA head is fully
+    fine-tuned; a frozen backbone served with adapters of a few thousand numbers needs a
+    decoder that already reads fused text states, so pretraining teaches it on alt text."""
     with routed(route(len(batch["input_ids"]))):
         image_embeds = tasks.encode_image(bb, batch["pixel_values"])  # (N, 1+P, Hv)
     out = contrastive_and_matching(bb, batch["input_ids"], batch["attention_mask"], image_embeds, batch["positive"],
@@ -176,4 +184,12 @@ def pretrain_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
                                     encoder_attention_mask=_ones_mask(image_embeds), labels=labels,
                                     reduction="mean").loss
     out["loss"] = out["itc"] + out["itm"] + out["lm"]
+    if "prefix_ids" in batch:
+        with routed(route(len(ids))):
+            states = tasks.fuse(bb, batch["prefix_ids"], batch["prefix_mask"], image_embeds)  # (N, Lp, H)
+            ids, labels = lm_labels(batch["suffix_ids"], batch["suffix_mask"], bb.config.text_config.bos_token_id)
+            out["prefix_lm"] = bb.text_decoder(input_ids=ids, attention_mask=batch["suffix_mask"],
+                                               encoder_hidden_states=states, encoder_attention_mask=batch["prefix_mask"],
+                                               labels=labels, reduction="mean").loss
+        out["loss"] = out["loss"] + out["prefix_lm"]
     return out

@@ -117,7 +117,11 @@ def scene_pair(seed: int, pool: int, split: str, index: int, size: int) -> tuple
 
 class AltTextPairs(Dataset):
     """Item p = sibling pair p of the pretraining pool's `split`, rendered on demand:
-    ((scene, image, caption, description) x 2). Collate flattens pairs into rows."""
+    ((scene, image, caption, description, cut) x 2). Collate flattens pairs into rows.
+
+    `cut` splits the caption's words for the prefix-LM objective: words[:cut] go through
+    the fusion encoder with the image, the decoder continues with words[cut:] (the path
+    VQA uses: question fused with the image -> answer)."""
 
     def __init__(self, seed: int, split: str, n_pairs: int, image_size: int):
         self.seed, self.split, self.n_pairs, self.image_size = seed, split, n_pairs, image_size
@@ -130,13 +134,19 @@ class AltTextPairs(Dataset):
         rows = []
         for scene in pair:
             text, desc = alt_text(rng, scene)
-            rows.append((scene, render(scene, int(rng.integers(2**31))), text, desc))
+            image = render(scene, int(rng.integers(2**31)))
+            rows.append((scene, image, text, desc, int(rng.integers(len(text.split())))))  # cut in [0, words)
         return rows
 
     def collate(self, items, processor) -> dict:
         rows = [r for pair in items for r in pair]
-        scenes, images, texts, descs = zip(*rows)
+        scenes, images, texts, descs, cuts = zip(*rows)
         tok = processor.tokenizer
+        words = [t.split() for t in texts]
+        prefix = tok([" ".join(w[:c]) for w, c in zip(words, cuts)], padding="longest", truncation=True,
+                     max_length=tok.model_max_length, return_tensors="pt")  # [CLS] prefix [SEP], maybe empty
+        suffix = tok([" ".join(w[c:]) for w, c in zip(words, cuts)], padding="longest", truncation=True,
+                     max_length=tok.model_max_length, return_tensors="pt")  # never empty: cut < words
         text = tok(list(texts), padding="longest", truncation=True, max_length=tok.model_max_length,
                    return_tensors="pt")
         dec = tok([PROMPT + t for t in texts], padding="longest", truncation=True, max_length=tok.model_max_length,
@@ -144,7 +154,8 @@ class AltTextPairs(Dataset):
         positive = torch.tensor([[holds(d, s) for d in descs] for s in scenes])  # (N, N) images x texts
         return {"pixel_values": processor.image_processor(list(images), return_tensors="pt")["pixel_values"],
                 "input_ids": text.input_ids, "attention_mask": text.attention_mask, "dec_ids": dec.input_ids,
-                "dec_mask": dec.attention_mask, "prompt_len": len(tok(PROMPT).input_ids) - 1, "positive": positive,
+                "dec_mask": dec.attention_mask, "prefix_ids": prefix.input_ids, "prefix_mask": prefix.attention_mask,
+                "suffix_ids": suffix.input_ids, "suffix_mask": suffix.attention_mask, "prompt_len": len(tok(PROMPT).input_ids) - 1, "positive": positive,
                 "texts": list(texts)}
 
 
