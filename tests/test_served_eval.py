@@ -54,7 +54,13 @@ def test_served_eval_scores_every_task_and_the_question_only_baseline(setup):
 
 
 def test_model_card_renders_recorded_numbers(setup):
-    card.main(["--backbone", str(setup["backbone"]), "--served", str(setup["root"] / "served.json")])
+    results = setup["root"] / "results.md"
+    results.write_text(f"# before\n{card.SERVED_BEGIN}\nold\n{card.SERVED_END}\nafter\n")
+    card.main(["--backbone", str(setup["backbone"]), "--served", str(setup["root"] / "served.json"),
+               "--results", str(results)])
+    block = results.read_text()
+    assert block.startswith("# before\n") and block.endswith(f"{card.SERVED_END}\nafter\n") and "old" not in block
+    assert card.served_tables(setup["result"]) in block
     text = (setup["backbone"] / "README.md").read_text()
     record = json.loads((setup["backbone"] / "pretrain.json").read_text())
     r = setup["result"]

@@ -1,13 +1,15 @@
 """The shipped backbone's model card, written from what its commands recorded.
 
-    python -m training.shapes.card --backbone models/blip-shapes --served docs/served_eval.json
+    python -m training.shapes.card --backbone models/blip-shapes --served docs/served_eval.json \
+        --results docs/results.md
 
 Reads `<backbone>/config.json`, `<backbone>/pretrain.json` (written by
 training.shapes.pretrain: arguments, wall time, last losses, the sibling-pair probe) and
 the JSON of `training.served_eval` (the shipped defaults scored through a running
 server on a world seed no training used), and writes `<backbone>/README.md`. Every
 number on the card comes from those files; nothing is typed by hand. The served tables
-are also what docs/results.md shows (`served_tables`, one renderer for both).
+are also what docs/results.md shows (`served_tables`, one renderer for both): with
+--results, the block between SERVED_BEGIN and SERVED_END there is rewritten.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 PARTS = ("vision", "text encoder", "decoder")
+SERVED_BEGIN, SERVED_END = "<!-- served: written by training.shapes.card -->", "<!-- served: end -->"
 QUESTION_TYPES = ("colour", "shape", "count", "exists", "where", "relation")
 
 
@@ -130,11 +133,21 @@ def main(argv: list[str]) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backbone", default="models/blip-shapes", help="backbone directory with pretrain.json")
     p.add_argument("--served", default=None, help="training.served_eval JSON of the shipped defaults")
+    p.add_argument("--results", default=None, help="also rewrite the served block of this markdown file "
+                                                   "(between its SERVED_BEGIN and SERVED_END markers)")
     args = p.parse_args(argv)
     backbone = Path(args.backbone)
     served = json.loads(Path(args.served).read_text()) if args.served else None
     (backbone / "README.md").write_text(card(backbone, served))
     print(f"wrote {backbone / 'README.md'}")
+    if args.results and served:
+        path = Path(args.results)
+        text = path.read_text()
+        if SERVED_BEGIN not in text or SERVED_END not in text:
+            raise SystemExit(f"{path} has no served block: put {SERVED_BEGIN} and {SERVED_END} where it goes")
+        head, rest = text.split(SERVED_BEGIN, 1)
+        path.write_text(head + SERVED_BEGIN + "\n" + served_tables(served) + "\n" + SERVED_END + rest.split(SERVED_END, 1)[1])
+        print(f"wrote the served block of {path}")
 
 
 if __name__ == "__main__":
