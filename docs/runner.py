@@ -15,7 +15,6 @@ interpreter. Commands run in a scratch directory holding a link to `examples/`.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import subprocess
@@ -94,6 +93,9 @@ def blocks(text: str, sections: list[str]) -> list[Block]:
         raise ValueError(f"no section titled {missing}")
     for block in found:
         block.steps = (_bash_steps if block.lang == "bash" else _python_steps)(block)
+        attached = sum(s.shown_at[1] - s.shown_at[0] for s in block.steps if s.shown_at)
+        if attached != sum(line.lstrip().startswith("#>") for line in block.lines):
+            raise ValueError(f"line {block.first + 1}: a `#>` output line follows no command directly")
     return found
 
 
@@ -110,7 +112,15 @@ def _shown_after(block: Block, j: int) -> tuple[list[str] | None, tuple[int, int
     return shown, (block.first + start, block.first + j), indent, j
 
 
+def _complete(code: str) -> bool:
+    """Whether bash parses `code` as whole commands (a loop or a { ...; } group may span lines)."""
+    if code.rstrip().endswith("\\"):
+        return False
+    return subprocess.run(["bash", "-n"], input=code + "\n", capture_output=True, text=True).returncode == 0
+
+
 def _bash_steps(block: Block) -> list[Step]:
+    """Commands: a line, with its continuation lines, or the lines up to where bash parses them whole."""
     steps, j = [], 0
     while j < len(block.lines):
         line = block.lines[j]
@@ -118,7 +128,7 @@ def _bash_steps(block: Block) -> list[Step]:
             j += 1
             continue
         start, code = j, [line]
-        while code[-1].rstrip().endswith("\\") and j + 1 < len(block.lines):
+        while not _complete("\n".join(code)) and j + 1 < len(block.lines):
             j += 1
             code.append(block.lines[j])
         shown, at, indent, j = _shown_after(block, j + 1)
@@ -127,14 +137,14 @@ def _bash_steps(block: Block) -> list[Step]:
 
 
 def _python_steps(block: Block) -> list[Step]:
-    """Simple statements, also inside `with`/`if`/`try` bodies; a loop or a def is one step."""
+    """Simple statements, also inside `with` and `if` bodies; a loop, a `try` or a def is one step."""
     source = "\n".join(block.lines)
     tree = ast.parse(source)
     steps = []
 
     def walk(body):
         for node in body:
-            if isinstance(node, (ast.With, ast.AsyncWith, ast.If, ast.Try)):
+            if isinstance(node, (ast.With, ast.AsyncWith, ast.If)):
                 walk(node.body)
                 continue
             code = "\n".join(block.lines[node.lineno - 1: node.end_lineno])
@@ -179,26 +189,22 @@ def run_blocks(found: list[Block], url: str, python: str = sys.executable, timeo
                 script.write_text(_python_script(block, port))
                 cmd = [python, str(script)]
             done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-            outputs = done.stdout.split(f"\n{MARK}\n")
+            outputs = done.stdout.split(f"\n{MARK}\n")  # one per finished step, then what follows the last
             for step, out in zip(block.steps, outputs):
                 step.real = rounded(out).rstrip("\n").split("\n") if out.strip() else []
-            if done.returncode != 0:
+            if done.returncode != 0 or len(outputs) != len(block.steps) + 1:
                 failed = block.steps[min(len(outputs) - 1, len(block.steps) - 1)]
                 raise StepFailed(f"line {failed.line}: `{failed.code}` failed (exit {done.returncode}):\n"
                                  f"{done.stderr[-2000:]}")
     return [s for b in found for s in b.steps]
 
 
+_ERROR = re.compile(r'"error":\s*\{\s*"type"')  # the server's {"error": {"type", "message"}}
+
+
 def error_of(step: Step) -> str | None:
-    """The error body a command printed, if it printed one (a JSON object with "error")."""
-    for line in step.real or []:
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and "error" in data:
-            return line
-    return None
+    """The first output line holding an error body, if the command printed one."""
+    return next((line for line in step.real or [] if _ERROR.search(line)), None)
 
 
 def rewrite(text: str, steps: list[Step]) -> str:
