@@ -26,7 +26,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.requests import ClientDisconnect
 
 from adapters.backbone import Backbone, BackboneSettings
-from server import admin, demo, errors, routes
+from server import admin, errors, pages, routes
 from server.deps import Services, ServicesDep, require_api_key
 from server.engine import Engine
 from server.galleries import GalleryStore
@@ -166,7 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
-    demo.install(app)
+    pages.install(app)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ObserveMiddleware, metrics=app.state.metrics)
