@@ -8,8 +8,9 @@ document shows it (`#>` alone: an empty line). Floats in outputs are shown round
 3 decimals. A command with no `#>` lines is run and must not answer with an error body.
 
 What a run may change in the text, and nothing else: `localhost:8000` and
-`127.0.0.1:8000` point at the server under test, and `.venv/bin/python` is this
-interpreter. Commands run in a scratch directory holding a link to `examples/`.
+`127.0.0.1:8000` point at the server under test (as does UNITRANS_URL, the CLI's
+default server), and `.venv/bin/python` is this interpreter. Commands run in a scratch
+directory holding a link to `examples/`, so the files they write stay out of the repo.
 """
 
 from __future__ import annotations

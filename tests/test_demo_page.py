@@ -150,6 +150,20 @@ def test_a_failed_request_shows_the_servers_message(shipped):
         browser.ask_vqa(driver, " ")
 
 
+def test_a_server_with_an_api_key_asks_for_it(shipped):
+    _, driver = shipped
+    with running_server(api_key="secret") as url:  # the tiny random world of the server tests
+        browser.open_demo(driver, url)
+        assert "401 unauthorized" in driver.find_element("id", "error").text
+        assert not driver.find_elements("css selector", "#adapter-table tbody tr")
+        key = driver.find_element("id", "api-key")
+        key.send_keys("secret\t")  # leaving the field sends its change event
+        browser.wait(driver, lambda d: len(d.find_elements("css selector", "#adapter-table tbody tr")) == 7)
+        browser.choose(driver, "caption", "green-squares.png", ["caption-b"])
+        browser.run(driver)
+        assert set(_cards(driver)) == {"caption-b"} and not driver.find_element("id", "error").is_displayed()
+
+
 @pytest.mark.parametrize("page, rendered", [("/docs", ".opblock"), ("/redoc", "[data-section-id]"),
                                            ("/", "#examples .thumb")])
 def test_pages_render_from_this_server_alone(shipped, page, rendered):

@@ -202,6 +202,17 @@ async function run() {
   refreshAdapters().catch(() => {});  // a request may have loaded an adapter
 }
 
+// The adapter table and choices; a server with an API key answers 401 until one is typed in.
+async function refreshAdapterViews() {
+  try {
+    await refreshAdapters();
+    renderAdapterChoices();
+    showError("");
+  } catch (err) {
+    showError(err.message.startsWith("401") ? `${err.message} (type the server's API key below Run)` : err.message);
+  }
+}
+
 async function start() {
   for (const radio of document.querySelectorAll("input[name=task]")) {
     radio.addEventListener("change", () => setTask(radio.value));
@@ -212,12 +223,13 @@ async function start() {
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); addFiles(e.dataTransfer.files); });
+  $("#api-key").addEventListener("change", refreshAdapterViews);
   setTask(document.querySelector("input[name=task]:checked").value);
   try {
-    const ready = await api("GET", "/readyz");
+    const ready = await api("GET", "/readyz");  // /readyz, /healthz and the pages need no key
     $("#status").textContent = `Backbone ${ready.backbone} (fingerprint ${ready.fingerprint}), tasks: ${ready.tasks.join(", ")}.`;
-    await Promise.all([refreshAdapters(), loadExamples()]);
-    renderAdapterChoices();
+    await loadExamples();
+    await refreshAdapterViews();
     document.body.dataset.ready = "yes";
   } catch (err) {
     $("#status").textContent = "not ready";
