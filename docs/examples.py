@@ -111,10 +111,10 @@ def main(argv: list[str]) -> int:
     found = []
     for name in DOCUMENTS:
         with shipped_server() as url:
-            text, steps = run_document(name, url)
             if name == "README.md" and not (args.check or args.no_screenshot):
-                screenshot(url)
+                screenshot(url)  # first, on the fresh server
                 print(f"wrote {SCREENSHOT.relative_to(REPO)}")
+            text, steps = run_document(name, url)
         errors = [x for x in problems(name, steps) if "answered an error" in x]
         found += problems(name, steps)
         if not args.check:
