@@ -1,5 +1,5 @@
-"""The pages a browser opens: the demo page at `/` and the headers that keep it, /docs
-and /redoc (served by fastapi-offline, see server/app.py) on this server alone.
+"""The pages a browser opens: the demo page at `/`, and the Content-Security-Policy that
+keeps it, /docs and /redoc (served by fastapi-offline, see server/app.py) on this server.
 
 The demo page is static HTML, CSS and JavaScript in server/static/ (no CDN, no build
 step) calling the public API from the browser, with the example images of `examples/`

@@ -36,6 +36,7 @@ def test_pages_and_their_scripts_are_served_locally(api_key):
             r = httpx.get(url + page, timeout=30)
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), page
             assert not re.search(r"https?://", r.text), f"{page} names an external URL"
+            assert "default-src 'self'" in r.headers["content-security-policy"], page
             refs = [ref for ref in _local_references(r.text) if not ref.startswith("data:")]
             assert any(ref.endswith(".js") for ref in refs), page
             for ref in refs:
