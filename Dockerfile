@@ -45,6 +45,8 @@ RUN pip install -e .
 # chmod: files written through temp files (mkstemp, mkdtemp) are 0600/0700 in a working tree,
 # and COPY keeps modes, which the non-root user below could not read.
 COPY models/ models/
+# the demo page's example images (the page at / lists what is there)
+COPY examples/ examples/
 RUN test -f models/blip-shapes/config.json || { \
       echo "models/blip-shapes is missing: build it before the image (python -m training.shapes.pretrain, see README)" >&2; \
       exit 1; } \

@@ -22,10 +22,11 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import Depends, FastAPI, Response
+from fastapi_offline import FastAPIOffline
 from starlette.requests import ClientDisconnect
 
 from adapters.backbone import Backbone, BackboneSettings
-from server import admin, errors, routes
+from server import admin, errors, pages, routes
 from server.deps import Services, ServicesDep, require_api_key
 from server.engine import Engine
 from server.galleries import GalleryStore
@@ -151,14 +152,21 @@ class BodyLimitMiddleware:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="unitrans", version="0.1.0", lifespan=lifespan,
-                  description="One frozen BLIP backbone, many tiny task adapters chosen per request.")
+    # /docs and /redoc with their scripts served by this process (fastapi-offline ships them),
+    # so both pages work with no internet; no request leaves for a CDN
+    app = FastAPIOffline(title="unitrans", version="0.1.0", lifespan=lifespan,
+                         description="One frozen BLIP backbone, many tiny task adapters chosen per request. "
+                                     "A demo page is at `/`.",
+                         static_url="/docs-static",
+                         # no validator badge: Swagger UI would fetch it from validator.swagger.io
+                         swagger_ui_parameters={"validatorUrl": None})
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.services = None
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    pages.install(app)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ObserveMiddleware, metrics=app.state.metrics)

@@ -108,7 +108,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return JSONResponse(error_body("validation_error", _validation_message(exc)), status_code=422)
+        # the same type as the 422s routes raise themselves: one name for "the request is invalid"
+        return JSONResponse(error_body(Unprocessable.type, _validation_message(exc)), status_code=Unprocessable.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

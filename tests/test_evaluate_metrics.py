@@ -1,5 +1,5 @@
-"""Metrics on hand-made examples: VQAv2 normalisation and accuracy, BLEU@4 / CIDEr on
-known strings, R@K on a known score matrix."""
+"""Metrics on hand-made examples: VQAv2 normalisation and accuracy, BLEU@4 / CIDEr (x100,
+as papers print them) on known strings, R@K on a known score matrix."""
 
 from __future__ import annotations
 
@@ -31,19 +31,19 @@ def test_vqa_accuracy_official_leave_one_out():
 def test_bleu4_on_known_strings():
     # p1 = 5/6, p2 = 3/5, p3 = 2/4, p4 = 1/3, equal lengths -> no brevity penalty
     s = caption_scores({"a": ["the cat sat on a mat"]}, {"a": "the cat sat on the mat"})
-    assert s["bleu4"] == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, abs=1e-6)
+    assert s["bleu4"] == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, abs=1e-4)  # 50.8
 
 
 def test_cider_perfect_and_wrong():
     refs = {"1": ["two red circles left of a blue square"], "2": ["one green star above a purple circle"],
             "3": ["three yellow triangles"]}
     perfect = caption_scores(refs, {k: v[0].upper() for k, v in refs.items()})  # case is ignored
-    assert perfect["bleu4"] == pytest.approx(1.0, abs=1e-6)
-    # CIDEr = 10 x mean over n = 1..4 of tf-idf cosines; a 3-word caption has no 4-grams
-    # (cosine 0 for n = 4), so a perfect corpus scores 10 x (1 + 1 + 3/4) / 3
-    assert perfect["cider"] == pytest.approx(10 * (1 + 1 + 0.75) / 3, abs=1e-6)
+    assert perfect["bleu4"] == pytest.approx(100.0, abs=1e-4)
+    # CIDEr = 10 x mean over n = 1..4 of tf-idf cosines (x100 here); a 3-word caption has no
+    # 4-grams (cosine 0 for n = 4), so a perfect corpus scores 100 x 10 x (1 + 1 + 3/4) / 3 = 916.7
+    assert perfect["cider"] == pytest.approx(1000 * (1 + 1 + 0.75) / 3, abs=1e-4)
     wrong = caption_scores(refs, {"1": "one green star", "2": "three yellow triangles", "3": "blue"})
-    assert wrong["cider"] < 0.5 and wrong["bleu4"] < 1e-3
+    assert wrong["cider"] < 50 and wrong["bleu4"] < 0.1
 
 
 def test_recall_at_k_known_matrix():

@@ -45,7 +45,7 @@ ROWS = [  # (row name, fit --kind, extra fit flags)
 ]
 TASKS = ("caption", "vqa", "retrieval")
 ANALYSIS = "<!-- analysis: hand-written below, kept when the script rewrites the table -->"
-METRIC_NAME = {"caption": "CIDEr", "vqa": "VQA acc. (%)", "retrieval": "R@mean (%)"}
+METRIC_NAME = {"caption": "CIDEr (×100)", "vqa": "VQA acc. (%)", "retrieval": "R@mean (%)"}
 
 
 def _out_path(work: str, task: str, row: str, kind: str | None) -> Path:

@@ -5,9 +5,10 @@
     python -m training.evaluate --task retrieval --backbone models/blip-shapes --adapter none \
         --data world/retrieval_test.json --image-root world --k-test 16
 
-Prints one JSON object: the task's metrics (caption BLEU@4 and CIDEr; VQA accuracy;
+Prints one JSON object: the task's metrics (caption BLEU@4 and CIDEr, x100; VQA accuracy;
 retrieval R@1/5/10 both ways, ITC top-k re-ranked by ITM as BLIP does) and the
-adapter's trainable-parameter count.
+adapter's trainable-parameter count. Progress bars (tqdm, on stderr) count the rows
+of each phase as they are predicted; --no-progress turns them off.
 
 Evaluation is serving: predictions come from `adapters.predict`, the functions the
 server's batches call (same decoding defaults: captions greedy <= 30 tokens, VQA
@@ -34,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from adapters import predict, tasks
 from adapters.routing import routed
@@ -55,19 +57,23 @@ def _autocast(precision: str):
     return nullcontext()
 
 
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
+def _chunks(n: int, size: int, progress: str | None = None):
+    """Slices of `size` rows over n rows; with `progress` (a label), a tqdm bar on stderr
+    counts the rows as they are done."""
+    with tqdm(total=n, desc=progress, unit="row", disable=progress is None, dynamic_ncols=True) as bar:
+        for start in range(0, n, size):
+            yield slice(start, min(n, start + size))
+            bar.update(min(n, start + size) - start)
 
 
 @torch.inference_mode()
 def predict_captions(bb, ds: CaptionDataset, route: Route = no_adapter, batch_size: int = 32,
                      num_beams: int | None = None, max_new_tokens: int | None = None,
-                     precision: str = "fp32") -> dict[str, str]:
+                     precision: str = "fp32", progress: bool = False) -> dict[str, str]:
     """{image path: caption} for each distinct image, as the server captions it."""
     images, _ = ds.references()
     hyps: dict[str, str] = {}
-    for sl in _chunks(len(images), batch_size):
+    for sl in _chunks(len(images), batch_size, "caption: images" if progress else None):
         paths = images[sl]
         with _autocast(precision):
             out = predict.captions(bb, ds._pixels(paths, bb.processor).to(bb.device, bb.dtype), num_beams=num_beams,
@@ -77,22 +83,23 @@ def predict_captions(bb, ds: CaptionDataset, route: Route = no_adapter, batch_si
 
 
 def evaluate_caption(bb, ds: CaptionDataset, route: Route = no_adapter, batch_size: int = 32,
-                     num_beams: int | None = None, max_new_tokens: int | None = None, precision: str = "fp32") -> dict:
+                     num_beams: int | None = None, max_new_tokens: int | None = None, precision: str = "fp32",
+                     progress: bool = False) -> dict:
     images, refs = ds.references()
-    hyps = predict_captions(bb, ds, route, batch_size, num_beams, max_new_tokens, precision)
+    hyps = predict_captions(bb, ds, route, batch_size, num_beams, max_new_tokens, precision, progress)
     scores = caption_scores(refs, hyps)
     exact = float(np.mean([hyps[p].lower() in {r.lower() for r in refs[p]} for p in images]) * 100)
-    return {"bleu4": scores["bleu4"] * 100, "cider": scores["cider"] * 100, "exact_match": exact,
+    return {"bleu4": scores["bleu4"], "cider": scores["cider"], "exact_match": exact,
             "n_images": len(images), "example": {"image": images[0], "caption": hyps[images[0]]}}
 
 
 @torch.inference_mode()
 def predict_answers(bb, ds: VQADataset, route: Route = no_adapter, batch_size: int = 64,
                     num_beams: int | None = None, max_new_tokens: int | None = None,
-                    precision: str = "fp32") -> list[str]:
+                    precision: str = "fp32", progress: bool = False) -> list[str]:
     """One generated answer per question, in dataset order, as the server answers it."""
     preds: list[str] = []
-    for sl in _chunks(len(ds), batch_size):
+    for sl in _chunks(len(ds), batch_size, "vqa: questions" if progress else None):
         paths, questions, _ = zip(*(ds[i] for i in range(sl.start, sl.stop)))
         ids = predict.question_ids(bb, list(questions), MAX_TEXT_LEN)  # (L_i,) each, unpadded
         with _autocast(precision):
@@ -102,15 +109,15 @@ def predict_answers(bb, ds: VQADataset, route: Route = no_adapter, batch_size: i
 
 
 def evaluate_vqa(bb, ds: VQADataset, route: Route = no_adapter, batch_size: int = 64, num_beams: int | None = None,
-                 max_new_tokens: int | None = None, precision: str = "fp32") -> dict:
-    preds = predict_answers(bb, ds, route, batch_size, num_beams, max_new_tokens, precision)
+                 max_new_tokens: int | None = None, precision: str = "fp32", progress: bool = False) -> dict:
+    preds = predict_answers(bb, ds, route, batch_size, num_beams, max_new_tokens, precision, progress)
     accs = [vqa_accuracy(p, ds[i][2]) for i, p in enumerate(preds)]
     return {"accuracy": float(np.mean(accs) * 100), "n_questions": len(accs)}
 
 
 @torch.inference_mode()
 def retrieval_scores(bb, ds: RetrievalDataset, route: Route = no_adapter, batch_size: int = 64, k_test: int = 16,
-                     precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     precision: str = "fp32", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BLIP's protocol: ITC cosine over the whole gallery, then for each query its k_test
     best candidates are re-scored with `predict.rerank_score` (ITM logit(match) + ITC
     cosine, what the server's /retrieve ranks by); the rest keep a score below any
@@ -118,24 +125,28 @@ def retrieval_scores(bb, ds: RetrievalDataset, route: Route = no_adapter, batch_
     bb.require("retrieve")
     images, texts, _, _ = ds.gallery()
     embeds, img_feat, txt_feat = [], [], []
+
+    def label(what: str) -> str | None:
+        return f"retrieval: {what}" if progress else None
+
     with _autocast(precision):
-        for sl in _chunks(len(images), batch_size):
+        for sl in _chunks(len(images), batch_size, label("images")):
             with routed(route(sl.stop - sl.start)):
                 e = tasks.encode_image(bb, ds.pixels(images[sl], bb.processor).to(bb.device, bb.dtype))
                 embeds.append(e)
                 img_feat.append(tasks.image_features(bb, e).float())
         ids_all, mask_all = tokens(bb.processor, texts)
-        for sl in _chunks(len(texts), batch_size):
+        for sl in _chunks(len(texts), batch_size, label("texts")):
             ids, mask = ids_all[sl].to(bb.device), mask_all[sl].to(bb.device)
             with routed(route(len(ids))):
                 txt_feat.append(tasks.text_features(bb, tasks.encode_text(bb, ids, mask)).float())
         embeds, img_feat, txt_feat = torch.cat(embeds), torch.cat(img_feat), torch.cat(txt_feat)
         sim = img_feat @ txt_feat.t()  # (n_img, n_txt) cosine
 
-        def itm(image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+        def itm(image_rows: torch.Tensor, text_rows: torch.Tensor, what: str) -> torch.Tensor:
             """ITM logits (n, 2) of the (image, text) pairs given by row indices."""
             out = []
-            for sl in _chunks(len(image_rows), batch_size):
+            for sl in _chunks(len(image_rows), batch_size, label(what)):
                 i, t = image_rows[sl], text_rows[sl]
                 with routed(route(len(i))):
                     fused = tasks.fuse(bb, ids_all[t].to(bb.device), mask_all[t].to(bb.device), embeds[i])
@@ -146,18 +157,20 @@ def retrieval_scores(bb, ds: RetrievalDataset, route: Route = no_adapter, batch_
         i2t = torch.full_like(sim, -100.0)
         top = sim.topk(k_i2t, dim=1)  # per image its k best texts
         rows = torch.arange(len(images)).repeat_interleave(k_i2t)
-        i2t[rows, top.indices.flatten()] = predict.rerank_score(itm(rows, top.indices.flatten()), top.values.flatten())
+        i2t[rows, top.indices.flatten()] = predict.rerank_score(itm(rows, top.indices.flatten(), "ITM re-rank i->t"),
+                                                                      top.values.flatten())
         t2i = torch.full_like(sim.t(), -100.0)
         top = sim.t().topk(k_t2i, dim=1)  # per text its k best images
         rows = torch.arange(len(texts)).repeat_interleave(k_t2i)
-        t2i[rows, top.indices.flatten()] = predict.rerank_score(itm(top.indices.flatten(), rows), top.values.flatten())
+        t2i[rows, top.indices.flatten()] = predict.rerank_score(itm(top.indices.flatten(), rows, "ITM re-rank t->i"),
+                                                                      top.values.flatten())
     return i2t, t2i, sim
 
 
 def evaluate_retrieval(bb, ds: RetrievalDataset, route: Route = no_adapter, batch_size: int = 64, k_test: int = 16,
-                       precision: str = "fp32") -> dict:
+                       precision: str = "fp32", progress: bool = False) -> dict:
     _, _, txt2img, img2txt = ds.gallery()
-    i2t, t2i, sim = retrieval_scores(bb, ds, route, batch_size, k_test, precision)
+    i2t, t2i, sim = retrieval_scores(bb, ds, route, batch_size, k_test, precision, progress)
     out = recall_at_k(i2t.numpy(), t2i.numpy(), img2txt, txt2img)
     itc_only = recall_at_k(sim.numpy(), sim.t().numpy(), img2txt, txt2img)
     out["itc_r_mean"] = itc_only["r_mean"]  # before the ITM re-rank, to see what ITM adds
@@ -189,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated tokens at most (default: the server's, caption 30, VQA 10)")
     p.add_argument("--k-test", type=int, default=16, help="retrieval: ITC candidates per query re-ranked by ITM")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr (the JSON result only)")
     return p
 
 
@@ -201,7 +215,7 @@ def main(argv: list[str]) -> dict:
     bb = Backbone.from_dirs(args.backbone)
     model, route, n_params, info = load_for_eval(bb, args.adapter)
     ds = DATASETS[args.task](load_json(args.data)[: args.limit], args.image_root)
-    kwargs = {"batch_size": args.batch_size, "precision": args.precision}
+    kwargs = {"batch_size": args.batch_size, "precision": args.precision, "progress": not args.no_progress}
     if args.task == "retrieval":
         kwargs["k_test"] = args.k_test
     else:

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training entries")
     p.add_argument("--val-limit", type=int, default=300, help="evaluate on the first N validation entries")
     p.add_argument("--no-eval", action="store_true", help="skip the validation evaluation after training")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, for training or validation (logs only)")
     return p
 
 
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> dict:
         val = DATASETS[args.task](load_json(args.val)[: args.val_limit], args.image_root)
 
         def validate() -> dict:
-            metrics = evaluate(args.task, *adapters_io.live(bb, adapter), val)
+            metrics = evaluate(args.task, *adapters_io.live(bb, adapter), val, progress=not args.no_progress)
             return {"main": metrics[MAIN_METRIC[args.task]], **{k: v for k, v in metrics.items() if k != "example"}}
 
         result = train(bb, adapter, ds, cfg, ckpt_path=ckpt_path, log_path=log_path, resume=args.resume,

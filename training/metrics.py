@@ -1,7 +1,8 @@
 """Standard metrics as pure functions: caption BLEU@4 / CIDEr, VQAv2 accuracy, R@K.
 
 - Caption: pycocoevalcap's `Bleu(4)` and `Cider` scorers on lowercased,
-  whitespace-tokenized text (its PTB tokenizer needs Java; none here).
+  whitespace-tokenized text (its PTB tokenizer needs Java; none here), both x100 as
+  papers print them (BLEU@4 0-100; CIDEr 0-1000, a perfect corpus ~300-1000).
 - VQA: the official VQAv2 evaluation (vqaEval.py): answers normalised (punctuation,
   number words -> digits, articles dropped, contractions restored); a prediction's
   accuracy is min(#matching annotators / 3, 1), averaged over the 10 leave-one-out
@@ -25,7 +26,10 @@ def _caption_tokens(text: str) -> str:
 
 
 def caption_scores(references: dict[str, list[str]], hypotheses: dict[str, str]) -> dict[str, float]:
-    """references {key: [ref, ...]}, hypotheses {key: hyp} -> {"bleu4", "cider"} (0-1 and 0-10 scales)."""
+    """references {key: [ref, ...]}, hypotheses {key: hyp} -> {"bleu4", "cider"}, both x100.
+
+    The scorers' own scales (BLEU 0-1, CIDEr 0-10) appear nowhere else: every caller
+    prints and logs these values as they are."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
@@ -35,7 +39,7 @@ def caption_scores(references: dict[str, list[str]], hypotheses: dict[str, str])
     res = {k: [_caption_tokens(h) or "<empty>"] for k, h in hypotheses.items()}  # Bleu asserts non-empty lists
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
-    return {"bleu4": float(bleu[3]), "cider": float(cider)}
+    return {"bleu4": 100.0 * float(bleu[3]), "cider": 100.0 * float(cider)}
 
 
 # -- VQA (after the official VQA API's vqaEval.py) -------------------------------------------

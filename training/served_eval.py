@@ -79,8 +79,8 @@ async def eval_caption(c: AsyncClient, world: Path, entries: list[dict], adapter
     hyps = {p: o["caption"] for p, o in zip(images, out)}
     scores = caption_scores(refs, hyps)
     exact = float(np.mean([hyps[p] in refs[p] for p in images]) * 100)
-    return {"exact_match": round(exact, 1), "bleu4": round(100 * scores["bleu4"], 1),
-            "cider": round(100 * scores["cider"], 1), "n_images": len(images),
+    return {"exact_match": round(exact, 1), "bleu4": round(scores["bleu4"], 1),
+            "cider": round(scores["cider"], 1), "n_images": len(images),
             "examples": [{"caption": hyps[p], "truth": refs[p][0]} for p in images[:3]]}
 
 
