@@ -34,7 +34,7 @@ from transformers import BlipConfig
 
 from adapters import AdapterTable, create_adapter, load_adapter, read_adapter_meta, save_adapter, tasks
 from adapters.backbone import Backbone
-from adapters.injection import injected_sites
+from adapters.runtime.injection import injected_sites
 from tests.tiny import random_images, tiny_processor
 from training.tokenizer import blip_text_config_ids
 

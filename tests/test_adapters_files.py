@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from adapters import AdapterFileError, AdapterTable, create_adapter, load_adapter, read_adapter_meta, save_adapter
-from adapters.files import FORMAT_VERSION
+from adapters.runtime.files import FORMAT_VERSION
 from tests.adapter_helpers import backbone_pair, randomize
 
 NAME = "a.safetensors"
@@ -42,7 +42,8 @@ def _rewrite(src, dst, tensors=None, meta=None):
 def test_round_trip_and_meta(env):
     bb, adapter, good, _ = env
     meta = read_adapter_meta(good)
-    assert (meta.kind, meta.task, meta.rank, meta.seed, meta.train_ab) == ("vcra", "vqa", 4, 3, False)
+    # vqa runs the fusion encoder, so this VCRA has QASN: its file says the real kind
+    assert (meta.kind, meta.task, meta.rank, meta.seed, meta.train_ab) == ("vcra-qasn", "vqa", 4, 3, False)
     assert meta.trainable_params == adapter.trainable_count() and meta.format_version == FORMAT_VERSION
     assert meta.backbone_fingerprint == bb.fingerprint and meta.recipe == {"epochs": 2, "lr": 0.001}
     assert meta.nbytes == 4 * adapter.trainable_count()  # frozen pair: only the seed is stored
@@ -102,7 +103,7 @@ def _bad_cases(env, tmp_path):
     out["bad-kind"] = (_rewrite(good, tmp_path / "kind.safetensors", meta=lambda m: {**m, "kind": "bogus"}),
                        "field 'kind' is 'bogus'")
     out["bad-option"] = (_rewrite(good, tmp_path / "opt.safetensors", meta=lambda m: {
-        **m, "options": json.dumps({"qasn": True, "wings": 2})}), "describe no valid vcra adapter")
+        **m, "options": json.dumps({"qasn": True, "wings": 2})}), "describe no valid vcra-qasn adapter")
     out["count"] = (_rewrite(good, tmp_path / "count.safetensors", meta=lambda m: {**m, "trainable_params": "1"}),
                     "'trainable_params' is 1")
     out["missing-file"] = (tmp_path / "nope.safetensors", "cannot read")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adapters import tasks
+from adapters.backbone import tasks
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Attachment points of the backbone: every q/k/v projection adapters may wrap,
-and the fusion-encoder blocks the QASN side network reads and writes.
+"""Attachment points of the backbone: every q/k/v projection adapters may wrap, the
+fusion-encoder blocks the QASN side network reads and writes, and the encoder
+sublayers whose outputs VL-PET's modules gate.
 
 Modalities follow the paper's V / T / C split, with the decoder named apart:
 
@@ -9,6 +10,10 @@ Modalities follow the paper's V / T / C split, with the decoder named apart:
                     (key/value read image tokens: in_features = vision width)
     decoder         text_decoder.bert.encoder.layer.N.attention.self.{query,key,value}
     decoder_cross   text_decoder.bert.encoder.layer.N.crossattention.self.{query,key,value}
+
+Sublayers (residual branches of the encoders; y = the branch output before the residual
+add of its input x1): vision "attn" / "ffn" of every ViT layer (pre-LN: x1 + y), text
+"attn" / "cross" / "ffn" of every text-encoder layer (post-LN: LayerNorm(x1 + y)).
 """
 
 from __future__ import annotations
@@ -57,6 +62,42 @@ def attachment_sites(backbone) -> list[Site]:
                 for name, proj in _TEXT_PROJ.items():
                     add(f"{prefix}.{i}.crossattention.self.{name}", cross_mod, i, proj)
     return sites
+
+
+def site_key(site: Site) -> str:
+    """"{modality}_{layer}_{proj}": the name per-site tensors of a kind are stored under."""
+    return f"{site.modality}_{site.layer}_{site.proj}"
+
+
+@dataclass(frozen=True)
+class Sublayer:
+    path: str  # module that computes it: a ViT layer (both branches) or a text *Output module
+    modality: str  # "vision" | "text"
+    layer: int
+    part: str  # "attn" | "cross" | "ffn"
+    width: int  # d of x1 and y
+
+    @property
+    def key(self) -> str:
+        return f"{self.modality}_{self.layer}_{self.part}"
+
+
+def encoder_sublayers(backbone) -> list[Sublayer]:
+    """Residual branches of the ViT and the text encoder, in a fixed order."""
+    out: list[Sublayer] = []
+    hv = backbone.config.vision_config.hidden_size
+    for i in range(len(backbone.vision_model.encoder.layers)):
+        path = f"vision_model.encoder.layers.{i}"
+        out += [Sublayer(path, "vision", i, "attn", hv), Sublayer(path, "vision", i, "ffn", hv)]
+    if backbone.text_encoder is not None:
+        ht = backbone.config.text_config.hidden_size
+        for i, layer in enumerate(backbone.text_encoder.encoder.layer):
+            prefix = f"text_encoder.encoder.layer.{i}"
+            out.append(Sublayer(f"{prefix}.attention.output", "text", i, "attn", ht))
+            if hasattr(layer, "crossattention"):
+                out.append(Sublayer(f"{prefix}.crossattention.output", "text", i, "cross", ht))
+            out.append(Sublayer(f"{prefix}.output", "text", i, "ffn", ht))
+    return out
 
 
 def fusion_blocks(backbone) -> nn.ModuleList:

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapters.identity import ConfigIdentity
-from adapters.injection import injected_sites
-from adapters.mixed import PairGroup, Routing, VectorBank
-from adapters.sites import MODALITIES
-from adapters.vcra.config import VcraConfig, VcraLayout
-from adapters.vcra.layer import draw_pair
+from adapters.kinds.base import ConfigIdentity
+from adapters.kinds.vcra.bank import PairGroup, VectorBank, VectorRouting
+from adapters.kinds.vcra.config import VcraConfig, VcraLayout
+from adapters.kinds.vcra.layer import draw_pair
+from adapters.runtime.injection import injected_sites
+from adapters.runtime.routing import Routing
+from adapters.runtime.sites import MODALITIES
 
 
 def layout_for(config: VcraConfig, backbone) -> VcraLayout:
@@ -33,7 +34,7 @@ def layout_for(config: VcraConfig, backbone) -> VcraLayout:
     return VcraLayout.build(config, sites, blocks, backbone.config.text_config.hidden_size)
 
 
-def _stack_padded(vectors: list[torch.Tensor]) -> torch.Tensor:
+def stack_padded(vectors: list[torch.Tensor]) -> torch.Tensor:
     """(d_i,) vectors -> (G, max d_i), zero padded (groups of a vision width != text width)."""
     width = max(v.shape[0] for v in vectors)
     return torch.stack([v if v.shape[0] == width else F.pad(v, (0, width - v.shape[0])) for v in vectors])
@@ -60,7 +61,10 @@ class PairStore(nn.Module):
 
 
 class VcraAdapter(ConfigIdentity, nn.Module):
-    kind = "vcra"
+    @property
+    def kind(self) -> str:
+        """The registered kind it is: "vcra-qasn" with the side network, "vcra" without."""
+        return "vcra-qasn" if self.config.qasn else "vcra"
 
     def __init__(self, config: VcraConfig, backbone):
         super().__init__()
@@ -81,7 +85,7 @@ class VcraAdapter(ConfigIdentity, nn.Module):
     # -- identity --------------------------------------------------------------------
     def pair_key(self) -> tuple:
         """Adapters with equal keys share (A, B) and batch through the same two matmuls."""
-        return (self.kind, self.config.share, self.config.seed, self.config.rank) if not self.config.train_ab else None
+        return ("pair", self.config.share, self.config.seed, self.config.rank) if not self.config.train_ab else None
 
     def trainable_count(self) -> int:
         return self.layout.trainable_count(self.config.rank, self.config.train_ab)
@@ -94,14 +98,14 @@ class VcraAdapter(ConfigIdentity, nn.Module):
         """Every row of the call uses this adapter's live parameters (gradients flow)."""
         bank = VectorBank(groups={k: g for g, k in enumerate(self.lam_a)},
                           lam_a=torch.stack(list(self.lam_a.values())).unsqueeze(0),  # (1, G, r)
-                          lam_b=_stack_padded(list(self.lam_b.values())).unsqueeze(0),  # (1, G, D)
+                          lam_b=stack_padded(list(self.lam_b.values())).unsqueeze(0),  # (1, G, D)
                           scale=self.scale.reshape(1))
         if self.config.qasn:
             bank.qasn = tuple(torch.stack(list(store.values())).unsqueeze(0)  # (1, N, r | d)
                               for store in (self.qasn_lam_a, self.qasn_lam_b, self.qasn_alpha, self.qasn_beta))
         group = PairGroup(self.pair.pairs(), self.pair_of(), self.config.rank, None,
                           self.config.pair_of("cross") if self.config.qasn else None)
-        return Routing(None, bank, [group], [])
+        return Routing(None, [VectorRouting(bank, [group])])
 
     def extra_repr(self) -> str:
         c = self.config

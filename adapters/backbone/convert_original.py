@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from transformers import BertTokenizerFast, BlipConfig, BlipImageProcessorPil, BlipProcessor
 
-from adapters.backbone import Backbone
-from adapters.backbone_loading import split_parts
+from adapters.backbone.model import Backbone
+from adapters.backbone.loading import split_parts
 from adapters.errors import BackboneLoadError
 
 # original name -> transformers name, applied in order to visual_encoder.* keys

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adapters.routing import routed_if_given
+from adapters.runtime.routing import routed_if_given
 
 CAPTION_PROMPT = "a picture of "
 

@@ -31,20 +31,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapters.identity import validate_task_rank_seed
-from adapters.sites import MODALITIES, Site
+from adapters.kinds.base import DEFAULT_RANK, DEFAULT_SEED, TASK_TARGETS, TASKS, validate_task_rank_seed
+from adapters.runtime.sites import MODALITIES, Site
 
-TASKS = ("caption", "vqa", "retrieve")
-# Modalities a task's forward runs through; the default targets.
-TASK_TARGETS = {
-    "caption": ("vision", "decoder", "decoder_cross"),
-    "vqa": ("vision", "text", "cross", "decoder", "decoder_cross"),
-    "retrieve": ("vision", "text", "cross"),
-}
 SHARES = ("cross_modal", "modality")
 _CROSS_MODAL_PAIR = {"vision": "enc", "text": "enc", "cross": "enc", "decoder": "dec", "decoder_cross": "dec"}
-DEFAULT_RANK = 8
-DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)

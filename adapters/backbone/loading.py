@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import BlipConfig, BlipProcessor
 
-from adapters.backbone import PARTS, TIED_KEYS, BackboneSettings, fingerprint_state_dict
+from adapters.backbone.parts import PARTS, TIED_KEYS, BackboneSettings, fingerprint_state_dict
 from adapters.errors import BackboneLoadError
 
 log = logging.getLogger(__name__)

@@ -3,16 +3,17 @@
 Same vectors, s and QASN as VCRA, but one (A, B) pair per modality (vision, text,
 cross, decoder, decoder_cross) shared only across that modality's blocks, instead of
 one pair for vision + text + cross. It is `VcraAdapter` with `share="modality"`,
-stored and served as kind "vera"; adapters with equal (seed, rank) still share their
-pairs in a mixed batch (one pair group).
+stored and served as kind "vera" in the same vector bank; adapters with equal
+(seed, rank) still share their pairs in a mixed batch (one pair group).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from adapters.vcra.config import VcraConfig
-from adapters.vcra.model import VcraAdapter
+from adapters.kinds.vcra.config import VcraConfig
+from adapters.kinds.vcra.kind import VcraKind
+from adapters.kinds.vcra.model import VcraAdapter
 
 
 class VeraAdapter(VcraAdapter):
@@ -24,4 +25,13 @@ class VeraAdapter(VcraAdapter):
         super().__init__(config, backbone)
 
 
-__all__ = ["VeraAdapter"]
+class VeraKind(VcraKind):
+    name = "vera"
+    share = "modality"
+    adapter_class = VeraAdapter
+
+    def reported_kind(self, options: dict) -> str:
+        return self.name
+
+
+__all__ = ["VeraAdapter", "VeraKind"]

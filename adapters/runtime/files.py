@@ -5,7 +5,9 @@
     adapter = load_adapter(path, bb)        # validated; raises AdapterFileError
 
 Header metadata (all strings, as safetensors requires):
-    format "unitrans-adapter", format_version "1", kind, task, rank, seed, train_ab,
+    format "unitrans-adapter", format_version "1", kind (the registered kind the adapter
+    is, e.g. "vcra-qasn"; files of kind "vcra" with qasn on, written before, list as
+    "vcra-qasn" too), task, rank, seed, train_ab,
     targets (JSON list), options (JSON: the kind options), trainable_params,
     backbone_fingerprint, recipe (JSON), created (UTC ISO time)
 Tensors: the adapter's state dict, float32. A VCRA/VeRA adapter with a frozen pair
@@ -33,7 +35,8 @@ from safetensors.torch import save as st_save
 
 from adapters.atomic import atomic_write
 from adapters.errors import AdapterFileError
-from adapters.kinds import SERVABLE_KINDS, adapter_options, create_adapter
+from adapters.kinds import get_kind, servable_kinds
+from adapters.runtime.run import adapter_options, create_adapter
 
 FORMAT = "unitrans-adapter"
 FORMAT_VERSION = 1
@@ -58,13 +61,24 @@ class AdapterMeta:
     recipe: dict = field(default_factory=dict)
     created: str = ""
     path: str = ""
+    header_kind: str = ""  # the kind field as written (older files: "vcra" for vcra-qasn)
+
+
+def meta_of(adapter) -> AdapterMeta:
+    """The metadata an adapter in memory would have in its file header."""
+    nbytes = sum(t.numel() * 4 for t in adapter.state_dict().values())
+    return AdapterMeta(kind=adapter.kind, task=adapter.task, rank=adapter.rank, seed=adapter.seed,
+                       train_ab=bool(getattr(adapter.config, "train_ab", True)), targets=tuple(adapter.config.targets),
+                       options=adapter_options(adapter), trainable_params=adapter.trainable_count(), nbytes=nbytes,
+                       backbone_fingerprint=adapter.backbone_fingerprint, format_version=FORMAT_VERSION,
+                       header_kind=adapter.kind)
 
 
 # -- writing ---------------------------------------------------------------------------
 def save_adapter(adapter, path, *, recipe: dict) -> Path:
     """Write `adapter` to `path` (atomic rename). Returns the path. A full fine-tune
     writes a backbone directory instead (see adapters.full)."""
-    if adapter.kind == "full":
+    if not get_kind(adapter.kind).servable:  # a full fine-tune: a backbone directory
         return adapter.save(path, recipe)
     path = Path(path)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in adapter.state_dict().items()}
@@ -159,10 +173,11 @@ def _meta_from_fields(path, meta: dict, entries: dict) -> AdapterMeta:
         _fail(path, f"field {field_name!r} is malformed ({e})")
     if not isinstance(train_ab, bool) or not isinstance(targets, list) or not isinstance(options, dict):
         _fail(path, "fields 'train_ab' / 'targets' / 'options' have the wrong JSON type")
-    if meta["kind"] not in SERVABLE_KINDS:
-        _fail(path, f"field 'kind' is {meta['kind']!r}; adapter files hold one of {SERVABLE_KINDS}")
+    if meta["kind"] not in servable_kinds():
+        _fail(path, f"field 'kind' is {meta['kind']!r}; adapter files hold one of {servable_kinds()}")
     nbytes = sum(e["data_offsets"][1] - e["data_offsets"][0] for e in entries.values())
-    return AdapterMeta(kind=meta["kind"], task=meta["task"], rank=rank, seed=seed, train_ab=train_ab,
+    kind = get_kind(meta["kind"]).reported_kind(options)
+    return AdapterMeta(kind=kind, header_kind=meta["kind"], task=meta["task"], rank=rank, seed=seed, train_ab=train_ab,
                        targets=tuple(targets), options=options, trainable_params=trainable, nbytes=nbytes,
                        backbone_fingerprint=meta["backbone_fingerprint"], format_version=version,
                        recipe=recipe if isinstance(recipe, dict) else {"recipe": recipe},
@@ -198,10 +213,10 @@ def load_adapter(path, backbone):
     if meta.backbone_fingerprint != backbone.fingerprint:
         _fail(path, f"made for backbone {meta.backbone_fingerprint}, this backbone is {backbone.fingerprint}")
     try:
-        adapter = create_adapter(meta.kind, backbone, task=meta.task, rank=meta.rank, seed=meta.seed,
+        adapter = create_adapter(meta.header_kind, backbone, task=meta.task, rank=meta.rank, seed=meta.seed,
                                  train_ab=meta.train_ab, targets=tuple(meta.targets), **meta.options)
     except (TypeError, ValueError) as e:
-        _fail(path, f"header fields describe no valid {meta.kind} adapter for this backbone ({e})")
+        _fail(path, f"header fields describe no valid {meta.header_kind} adapter for this backbone ({e})")
     expected = adapter.state_dict(keep_vars=True)
     missing = sorted(set(expected) - set(entries))
     unexpected = sorted(set(entries) - set(expected))

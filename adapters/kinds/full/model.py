@@ -17,6 +17,8 @@ from pathlib import Path
 
 from torch import nn
 
+from adapters.kinds.base import AdapterKind
+
 FULL_META = "unitrans_full.json"
 
 
@@ -36,9 +38,6 @@ class FullFinetune(nn.Module):
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def pair_key(self) -> None:
-        return None
-
     def routing(self) -> None:
         return None  # the weights themselves are the adaptation
 
@@ -48,3 +47,15 @@ class FullFinetune(nn.Module):
                 "trainable_params": self.trainable_count(), "recipe": recipe}
         (out / FULL_META).write_text(json.dumps(meta, indent=2))
         return out
+
+
+class FullKind(AdapterKind):
+    """Training-only: no table slot, no adapter file (`save` writes a backbone directory)."""
+
+    name = "full"
+    servable = False
+
+    def create(self, backbone, *, task, rank=0, seed=0, train_ab=True, **options):
+        if options:
+            raise ValueError(f"full fine-tuning takes no options, got {sorted(options)}")
+        return FullFinetune(backbone, task)  # rank / seed ignored

@@ -29,13 +29,15 @@ from contextvars import ContextVar
 
 import torch
 
-from adapters.vcra.layer import apply_delta_, fold
+from adapters.kinds.vcra.layer import apply_delta_, fold
 
 _SIDE_STATE: ContextVar = ContextVar("unitrans_qasn_h", default=None)
 
 
-def side_network_step(routing, index: int, num_blocks: int, hidden_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Block `index` ran: hidden_in = x_F^i (n, L, d), out = b_i(x_F^i, x_V). Returns x_F^{i+1}."""
+def side_network_step(routing, vectors, index: int, num_blocks: int, hidden_in: torch.Tensor,
+                      out: torch.Tensor) -> torch.Tensor:
+    """Block `index` ran: hidden_in = x_F^i (n, L, d), out = b_i(x_F^i, x_V). Returns x_F^{i+1}.
+    `vectors` is the call's `bank.VectorRouting` (its bank and pair groups)."""
     n, d = hidden_in.shape[0], hidden_in.shape[-1]
     if index == 0:
         h = None  # h_0 = 0
@@ -44,19 +46,19 @@ def side_network_step(routing, index: int, num_blocks: int, hidden_in: torch.Ten
         if state is None or state[0] is not routing or state[1] != index:
             raise RuntimeError(f"QASN state missing at fusion block {index}: blocks must run in order in one call")
         h = state[2]
-    q_lam_a, q_lam_b, q_alpha, q_beta = routing.bank.qasn
-    for gi, group in enumerate(routing.pair_groups):
+    q_lam_a, q_lam_b, q_alpha, q_beta = vectors.bank.qasn
+    for gi, group in enumerate(vectors.pair_groups):
         if group.qasn_pair is None:
             continue
-        rows, sl, single = routing.group_slots(gi, group, n)
+        rows, sl, single = vectors.group_slots(routing, gi, group, n)
         a, b = group.pairs[group.qasn_pair]
 
         def make(sl=sl, single=single, b=b, rank=group.rank):
-            lam_a = routing._gather(q_lam_a[:, index], sl)[:, :rank]  # (m, r)
-            m = fold(lam_a, b[:d].t(), routing._gather(q_lam_b[:, index], sl))  # (m, r, d)
+            lam_a = _gather(q_lam_a[:, index], sl)[:, :rank]  # (m, r)
+            m = fold(lam_a, b[:d].t(), _gather(q_lam_b[:, index], sl))  # (m, r, d)
             return (m[0] if single else m).to(hidden_in.dtype)
 
-        m = routing._memo(("qasn", gi, index, n, hidden_in.dtype), make)
+        m = routing.memo(("qasn", gi, index, n, hidden_in.dtype), make)
         xs = hidden_in if rows is None else hidden_in.index_select(0, rows)
         step = apply_delta_(xs, torch.zeros_like(xs), a[:, :d].to(hidden_in.dtype), m)  # x w_i
         if rows is not None:
@@ -66,6 +68,10 @@ def side_network_step(routing, index: int, num_blocks: int, hidden_in: torch.Ten
         h = torch.zeros_like(hidden_in)
     _SIDE_STATE.set((routing, index + 1, h) if index + 1 < num_blocks else None)
     slots = routing.slots_for(n)
-    alpha = routing._memo(("qasn_alpha", index, n), lambda: routing._gather(q_alpha[:, index], slots)[:, None, :])
-    beta = routing._memo(("qasn_beta", index, n), lambda: routing._gather(q_beta[:, index], slots)[:, None, :])
+    alpha = routing.memo(("qasn_alpha", index, n), lambda: _gather(q_alpha[:, index], slots)[:, None, :])
+    beta = routing.memo(("qasn_beta", index, n), lambda: _gather(q_beta[:, index], slots)[:, None, :])
     return out + torch.tanh(alpha.to(h.dtype) * h + beta.to(h.dtype)).to(out.dtype)
+
+
+def _gather(t: torch.Tensor, sl: torch.Tensor | None) -> torch.Tensor:
+    return t[:1] if sl is None else t.index_select(0, sl)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adapters.identity import validate_task_rank_seed
-from adapters.sites import MODALITIES
-from adapters.vcra.config import DEFAULT_RANK, DEFAULT_SEED, TASK_TARGETS, TASKS
+from adapters.kinds.base import DEFAULT_RANK, DEFAULT_SEED, TASK_TARGETS, TASKS, validate_task_rank_seed
+from adapters.runtime.sites import MODALITIES
 
 
 @dataclass(frozen=True)
