@@ -11,6 +11,7 @@ from adapters.kinds.full.model import FullKind
 from adapters.kinds.lora.model import LoraKind
 from adapters.kinds.vcra.kind import VcraKind, VcraQasnKind
 from adapters.kinds.vera import VeraKind
+from adapters.kinds.vl_pet.model import KINDS as VL_PET_KINDS
 
 KINDS: dict[str, AdapterKind] = {
     "vcra": VcraKind(),
@@ -18,6 +19,7 @@ KINDS: dict[str, AdapterKind] = {
     "vera": VeraKind(),
     "lora": LoraKind(),
     "full": FullKind(),
+    **VL_PET_KINDS,  # vl-pet-large, vl-pet-middle-x, vl-pet-middle-y, vl-pet-small
 }
 
 
