@@ -35,7 +35,6 @@ from training.loop import LoopConfig, train
 
 DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "vera": 2e-2, "vcra": 2e-2, "vcra-qasn": 2e-2,  # vectors need larger steps
               **{k: 3e-3 for k in ("vl-pet-large", "vl-pet-middle-x", "vl-pet-middle-y", "vl-pet-small")}}
-              **{k: 3e-3 for k in ("vl-pet-large", "vl-pet-middle-x", "vl-pet-middle-y", "vl-pet-small")}}
 
 
 def build_parser() -> argparse.ArgumentParser:

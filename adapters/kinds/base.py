@@ -119,6 +119,12 @@ class AdapterKind:
         """Members with equal keys are routed together (one `route` call)."""
         return (self.bank_key or self.name, slot if self.bank_key is None else None)
 
+    # -- interop --------------------------------------------------------------------------------
+    def lora_factors(self, adapter, backbone) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{site key: (A (r, in), B (out, r))} with delta(x) = B A x exactly (LoRA scaling 1),
+        for kinds whose every delta is low-rank and linear in x (`runtime.peft_interop`)."""
+        raise ValueError(f"kind {self.name!r} has no LoRA form: its delta is not B A x on q/k/v projections")
+
     @staticmethod
     def check_rank(adapter, table, name: str) -> None:
         if adapter.rank > table.max_rank:

@@ -61,3 +61,7 @@ class LoraKind(AdapterKind):
 
     def group(self, payload: dict, requests):
         return MatrixGroup(payload["weights"], payload["scaling"], requests)
+
+    def lora_factors(self, adapter, backbone) -> dict:
+        """Its own (A, B), with alpha / r folded into B (exported at scaling 1)."""
+        return {k: (a.detach().clone(), b.detach() * adapter.config.scaling) for k, (a, b) in adapter.weights().items()}

@@ -20,9 +20,10 @@ from adapters.errors import AdapterTableError
 from adapters.kinds.base import AdapterKind
 from adapters.kinds.vcra.bank import PairGroup, VectorBank, VectorRouting
 from adapters.kinds.vcra.config import VcraConfig, group_keys, proj_out
+from adapters.kinds.vcra.layer import fold
 from adapters.kinds.vcra.model import VcraAdapter, stack_padded
 from adapters.runtime.injection import injected_sites
-from adapters.runtime.sites import MODALITIES
+from adapters.runtime.sites import MODALITIES, site_key
 
 
 class VcraKind(AdapterKind):
@@ -133,6 +134,28 @@ class VcraKind(AdapterKind):
 
     def group_key(self, payload, slot: int):
         return self.bank_key
+
+    # -- interop ----------------------------------------------------------------------------------
+    def lora_factors(self, adapter, backbone) -> dict:
+        """delta(x) = (x Aᵀ) M with M = diag(Λa) Bᵀ diag(s·Λb) (r, out): LoRA A = A[:, :in],
+        LoRA B = Mᵀ, rank r. The fused vision qkv takes [M_q | M_kv | M_kv]. QASN is a side
+        network, not a delta on a projection: an adapter with it has no LoRA form."""
+        if adapter.config.qasn:
+            raise ValueError(f"this {adapter.kind} adapter has QASN, a side network with no LoRA form; "
+                             "export a VCRA trained without QASN (kind 'vcra')")
+        pairs, s = adapter.pair.pairs(), adapter.scale.detach()
+        out = {}
+        for site in injected_sites(backbone):
+            keys = group_keys(site)
+            if keys[0] not in adapter.lam_a:
+                continue
+            a, b = pairs[adapter.config.pair_of(site.modality)]
+            width = proj_out(site)
+            ms = [fold(adapter.lam_a[k].detach()[None], b[:width].detach().t(), s * adapter.lam_b[k].detach()[None])[0]
+                  for k in keys]  # (r, width) each
+            m = torch.cat([ms[0], ms[1], ms[1]], dim=-1) if site.proj == "qkv" else ms[0]
+            out[site_key(site)] = (a[:, : site.in_features].detach().clone(), m.t().contiguous())
+        return out
 
 
 class VcraQasnKind(VcraKind):
