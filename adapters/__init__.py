@@ -42,8 +42,8 @@ API (exact signatures):
         A routing is valid until the table next changes (a stale one raises AdapterTableError).
     AdapterMeta: kind task rank seed train_ab targets options trainable_params nbytes
                  backbone_fingerprint format_version recipe created path header_kind
-    peft interop (adapters.runtime.peft_interop): load_peft_lora(dir, backbone) -> adapter;
-        export_peft_lora(adapter, dir) writes adapter_config.json + adapter_model.safetensors
+    peft interop (adapters.runtime.peft_interop): load_peft_lora(dir, backbone, task=...) -> adapter;
+        export_peft_lora(adapter, dir, backbone) writes adapter_config.json + adapter_model.safetensors
     Errors (adapters.errors): AdapterFileError (bad file), AdapterTableError (unknown name, full
         with all pinned, stale routing, rank > max_rank, other backbone).
 

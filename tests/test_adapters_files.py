@@ -53,6 +53,22 @@ def test_round_trip_and_meta(env):
     assert torch.equal(loaded.pair.A_enc, adapter.pair.A_enc)  # regenerated from the seed
 
 
+def test_files_of_the_old_header_kind_load_and_report_the_real_kind(env, tmp_path):
+    """Files written before the header said "vcra-qasn" carry kind "vcra" with qasn on in
+    their options: they still load, identical, and list as what they are."""
+    bb, adapter, good, _ = env
+    old = _rewrite(good, tmp_path / "old.safetensors", meta=lambda m: {**m, "kind": "vcra"})
+    meta = read_adapter_meta(old)
+    assert (meta.kind, meta.header_kind, meta.options["qasn"]) == ("vcra-qasn", "vcra", True)
+    table = AdapterTable(bb, capacity=2, max_rank=4)
+    assert table.load("old", old).kind == "vcra-qasn" and table.load("new", good).kind == "vcra-qasn"
+    loaded = load_adapter(old, bb)
+    assert loaded.kind == "vcra-qasn"
+    assert all(torch.equal(p, q) for p, q in zip(adapter.state_dict().values(), loaded.state_dict().values()))
+    plain = create_adapter("vcra", bb, task="vqa", rank=4, seed=3, qasn=False)  # no QASN: plain "vcra"
+    assert read_adapter_meta(save_adapter(plain, tmp_path / "plain.safetensors", recipe={})).kind == "vcra"
+
+
 def test_train_ab_file_stores_the_pair(env, tmp_path):
     bb = env[0]
     adapter = create_adapter("vcra", bb, task="retrieve", rank=2, seed=1, train_ab=True)

@@ -245,12 +245,12 @@ def param_table(backbone_dir: str, tasks, ranks=(4, 8, 16, 32)) -> list[str]:
     from adapters.backbone import Backbone
     from training import adapters_io
 
-    out = ["| task | rank | LoRA | VeRA (no sharing) | VCRA | VCRA+QASN | VCRA+QASN / LoRA |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| task | rank | LoRA | VeRA (no sharing) | VCRA | VCRA+QASN | VL-PET-large | VL-PET-small "
+           "| VCRA+QASN / LoRA |", "|---|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         for rank in ranks:
             counts = {}
-            for kind in ("lora", "vera", "vcra", "vcra-qasn"):
+            for kind in ("lora", "vera", "vcra", "vcra-qasn", "vl-pet-large", "vl-pet-small"):
                 bb = Backbone.from_dirs(backbone_dir)  # fresh: creating an adapter injects wrappers
                 a = adapters_io.new_adapter(kind, bb, task=task, rank=rank, seed=0)
                 counts[kind] = (adapters_io.trainable_count(a), adapters_io.paper_count(a))

@@ -36,8 +36,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from adapters.backbone import Backbone
 from adapters.errors import AdapterFileError
 from adapters.kinds import get_kind
+from adapters.runtime.files import load_adapter, save_adapter
 from adapters.runtime.injection import injected_sites
 from adapters.runtime.run import create_adapter
 from adapters.runtime.sites import site_key
@@ -145,9 +147,6 @@ def export_peft_lora(adapter, directory, backbone) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    from adapters.backbone import Backbone
-    from adapters.runtime.files import load_adapter, save_adapter
-
     p = argparse.ArgumentParser(prog="python -m adapters.runtime.peft_interop", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="a peft LoRA directory -> a unitrans adapter file")
