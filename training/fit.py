@@ -108,7 +108,7 @@ def main(argv: list[str]) -> dict:
     rank, world, device = _init_distributed()
     try:
         torch.manual_seed(args.seed)
-        lr = args.lr if args.lr is not None else DEFAULT_LR[args.kind]
+        lr = args.lr if args.lr is not None else DEFAULT_LR.get(args.kind, 3e-3)  # unlisted kinds: LoRA-like modules
         mcam = args.mcam if args.mcam is not None else (args.kind == "vcra-qasn" and args.task == "retrieval")
         out = Path(args.out)
         bb = Backbone.from_dirs(args.backbone, settings=BackboneSettings(device=device))
