@@ -10,12 +10,15 @@ import struct
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from adapters import AdapterFileError, AdapterTable, attach, create_adapter, load_adapter, read_adapter_meta, \
     save_adapter, tasks
 from adapters.kinds.vl_pet.layer import gate
 from adapters.runtime.injection import injected_sublayers
 from tests.adapter_helpers import backbone_pair, inputs, randomize
+from tests.tiny import random_images
 
 GRANULARITIES = ("large", "middle-x", "middle-y", "small")
 KINDS = [f"vl-pet-{g}" for g in GRANULARITIES]
@@ -45,8 +48,8 @@ def test_identity_at_init(pair, kind, task):
         assert torch.equal(ours[key], ref[key]), (kind, task, key)
     randomize(adapter, seed=3)
     moved = _outputs(bb, adapter.routing(), px, ids, mask)
-    changed = "caption" if task == "caption" else "itm"
-    assert not torch.equal(moved[changed if task != "vqa" else "itm"], ref[changed if task != "vqa" else "itm"])
+    key = "caption" if task == "caption" else "itm"  # a path the task's modules sit on
+    assert not torch.equal(moved[key], ref[key])
 
 
 def test_placement_follows_the_task(pair):
@@ -111,7 +114,7 @@ def test_padding_never_moves_a_row(pair, kind):
     adapter = create_adapter(kind, bb, task="vqa", rank=4, seed=6)
     randomize(adapter, seed=7)
     table.insert("a", adapter)
-    px = tasks.pixels(bb, __import__("tests.tiny", fromlist=["random_images"]).random_images(2, seed=9))
+    px = tasks.pixels(bb, random_images(2, seed=9))
     short, long_ = "is there a star ?", "what colour is the circle ? how many squares are there ?"
     ids, mask = tasks.tokens(bb, [short, long_])
     alone_ids, alone_mask = tasks.tokens(bb, [short])
@@ -149,9 +152,6 @@ def _rewrite(path, out, *, meta=None, tensors=None):
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
-    from safetensors.torch import load as st_load
-    from safetensors.torch import save as st_save
-
     t = st_load(data)
     if tensors:
         tensors(t)
