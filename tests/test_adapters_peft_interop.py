@@ -159,3 +159,23 @@ def test_kinds_without_a_lora_form_are_refused(world, tmp_path, kind):
     _, _, _, bb = world
     with pytest.raises(ValueError, match="no LoRA form"):
         export_peft_lora(create_adapter(kind, bb, task="vqa", rank=4), tmp_path / "x", bb)
+
+
+def test_command_line_round_trip(world, tmp_path):
+    """peft dir -> our adapter file (served by the table) -> peft dir again: peft's model on
+    the re-exported directory equals peft's model on the original."""
+    from adapters.runtime import peft_interop
+
+    root, hf, peft_model, bb = world
+    ours = tmp_path / "from-peft.safetensors"
+    peft_interop.main(["import", str(root / "peft-lora"), "--task", "vqa", "--backbone", str(root / "blip"),
+                       "--out", str(ours)])
+    meta = AdapterTable(bb, capacity=1).load("from-peft", ours)
+    assert meta.kind == "lora" and meta.recipe["source"] == "peft"
+    peft_interop.main(["export", str(ours), "--backbone", str(root / "blip"), "--out", str(tmp_path / "again")])
+    again = PeftModel.from_pretrained(BlipForQuestionAnswering.from_pretrained(root / "blip").eval(),
+                                      tmp_path / "again").eval()
+    px, ids, mask = _inputs(bb, seed=6)
+    with torch.inference_mode():
+        torch.testing.assert_close(_peft_states(again, px, ids, mask), _peft_states(peft_model, px, ids, mask),
+                                   atol=1e-5, rtol=1e-5)

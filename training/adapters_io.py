@@ -69,7 +69,7 @@ def check_optimizer_params(adapter: nn.Module, params: list) -> None:
 
 
 def save(adapter: nn.Module, path, *, recipe: dict) -> Path:
-    """An adapter file; for kind=full a backbone directory at `path` (see adapters.full)."""
+    """An adapter file; for kind=full a backbone directory at `path` (see adapters.kinds.full)."""
     return adapters.save_adapter(adapter, path, recipe=recipe)
 
 

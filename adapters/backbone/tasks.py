@@ -1,7 +1,7 @@
 """Batched task functions on a `Backbone`: caption, VQA, ITC embeddings, ITM scores.
 
 Every function takes tensors for a whole batch and an optional `routing` (the
-per-row adapter choice, see `adapters.routing`), entered for the whole call;
+per-row adapter choice, see `adapters.runtime.routing`), entered for the whole call;
 without one, the routing already in force (none: the frozen backbone) applies.
 They mirror transformers' BLIP task classes step by step, so with no adapters they
 return exactly what `BlipForConditionalGeneration.generate`,

@@ -77,7 +77,7 @@ def meta_of(adapter) -> AdapterMeta:
 # -- writing ---------------------------------------------------------------------------
 def save_adapter(adapter, path, *, recipe: dict) -> Path:
     """Write `adapter` to `path` (atomic rename). Returns the path. A full fine-tune
-    writes a backbone directory instead (see adapters.full)."""
+    writes a backbone directory instead (see adapters.kinds.full)."""
     if not get_kind(adapter.kind).servable:  # a full fine-tune: a backbone directory
         return adapter.save(path, recipe)
     path = Path(path)
