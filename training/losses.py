@@ -12,7 +12,7 @@
 Eq. 7 (ITC) and eq. 9 (MCAM) are sums over the batch in the paper; both are divided
 by the batch size here, which keeps their ratio and makes the loss batch-size free.
 Every loss takes `route`: batch size -> the routing of the live adapter for a call of
-that many rows (adapters.runtime.routing); each backbone call enters it for its own rows,
+that many rows (adapters.routing); each backbone call enters it for its own rows,
 since the decoder of VQA and the ITM of retrieval see more rows than there are images.
 """
 
