@@ -16,7 +16,6 @@ from safetensors.torch import save as st_save
 from adapters import AdapterFileError, AdapterTable, attach, create_adapter, load_adapter, read_adapter_meta, \
     save_adapter, tasks
 from adapters.kinds.vl_pet.layer import gate
-from adapters.runtime.injection import injected_sublayers
 from tests.adapter_helpers import backbone_pair, inputs, randomize
 from tests.tiny import random_images
 

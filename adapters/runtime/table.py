@@ -163,5 +163,3 @@ class AdapterTable:
         for kind, members in together.values():
             groups += kind.route(self, [(p, i, rows) for i, (p, rows) in members.items()], len(names))
         return Routing(index, groups, guard=(self, self.generation))
-
-
