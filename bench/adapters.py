@@ -8,7 +8,8 @@ shipped default's size (hidden 128, 4 layers, 64 px), "base" is BlipConfig()
 defaults (BLIP-base: 224M params, 384 px). For each: ITM and greedy captioning of a
 batch of 8, through the frozen backbone, one VCRA adapter (task vqa: every modality,
 QASN on) on every row, 8 distinct VCRA adapters (one per row, shared pair), the same
-for our LoRA and for peft's LoRA (`adapter_names` mixed batch).
+for our LoRA, for VL-PET-large (own modules per adapter: grouped) and for peft's LoRA
+(`adapter_names` mixed batch).
 
 Timing is CPU time of the calling thread with torch on ONE thread: the machines this
 runs on are shared, and wall time under contention swings by 2x while thread CPU
@@ -34,7 +35,7 @@ from transformers import BlipConfig
 
 from adapters import AdapterTable, create_adapter, load_adapter, read_adapter_meta, save_adapter, tasks
 from adapters.backbone import Backbone
-from adapters.injection import injected_sites
+from adapters.runtime.injection import injected_sites
 from tests.tiny import random_images, tiny_processor
 from training.tokenizer import blip_text_config_ids
 
@@ -89,12 +90,14 @@ def bench_size(size: str, iters: int, batch: int, rank: int, tokens: int) -> dic
     bb = make_model(size)
     out["params_M"] = sum(p.numel() for p in bb.parameters()) / 1e6
     frozen = copy.deepcopy(bb)  # never injected: the true frozen baseline
-    table = AdapterTable(bb, capacity=2 * batch, max_rank=rank)
+    table = AdapterTable(bb, capacity=3 * batch, max_rank=rank)
     vcra = [create_adapter("vcra", bb, task="vqa", rank=rank, seed=0) for _ in range(batch)]
     lora = [create_adapter("lora", bb, task="vqa", rank=rank, seed=i) for i in range(batch)]
-    for i, a in enumerate(vcra + lora):
+    vlpet = [create_adapter("vl-pet-large", bb, task="vqa", rank=rank, seed=i) for i in range(batch)]
+    prefix = {"vcra-qasn": "vcra", "lora": "lora", "vl-pet-large": "vlpet"}  # table names: vcra0.., lora0.., vlpet0..
+    for i, a in enumerate(vcra + lora + vlpet):
         randomize(a, seed=i)
-        table.insert(f"{a.kind}{i % batch}", a)
+        table.insert(f"{prefix[a.kind]}{i % batch}", a)
     peft = peft_lora(frozen, rank, batch)
     peft_bb = peft.model
     out["setup_s"] = time.perf_counter() - t0
@@ -114,6 +117,8 @@ def bench_size(size: str, iters: int, batch: int, rank: int, tokens: int) -> dic
         "vcra x8": (bb, many("vcra"), None),
         "lora x1 (ours)": (bb, one("lora"), None),
         "lora x8 (ours)": (bb, many("lora"), None),
+        "vl-pet-large x1": (bb, one("vlpet"), None),
+        "vl-pet-large x8": (bb, many("vlpet"), None),
         "lora x1 (peft)": (peft_bb, None, ["p0"] * batch),
         "lora x8 (peft)": (peft_bb, None, [f"p{i}" for i in range(batch)]),
     }
@@ -151,9 +156,11 @@ def bench_size(size: str, iters: int, batch: int, rank: int, tokens: int) -> dic
             "vcra (trained A,B)": save_adapter(create_adapter("vcra", bb, task="vqa", rank=rank, train_ab=True),
                                                Path(tmp) / "vab.safetensors", recipe={}),
             "lora": save_adapter(lora[0], Path(tmp) / "l.safetensors", recipe={}),
+            "vl-pet-large": save_adapter(vlpet[0], Path(tmp) / "p.safetensors", recipe={}),
         }
         out["file_bytes"] = {k: p.stat().st_size for k, p in files.items()}
         out["trainable"] = {"vcra (frozen A,B)": vcra[0].trainable_count(), "lora": lora[0].trainable_count(),
+                            "vl-pet-large": vlpet[0].trainable_count(),
                             "vcra (trained A,B)": read_adapter_meta(files["vcra (trained A,B)"]).trainable_params}
         path = files["vcra (frozen A,B)"]
         load_adapter(path, bb)
@@ -198,6 +205,10 @@ def report(results: dict, batch: int) -> None:
         row("  vcra x1 / frozen (overhead; target <= 1.05)", [f"{t(s, 'vcra x1') / t(s, 'frozen'):.3f}" for s in sizes])
         row("  injected, no adapter / frozen", [f"{t(s, 'injected, no adapter') / t(s, 'frozen'):.3f}" for s in sizes])
         row("  vcra: x8 thrpt / x1 thrpt (target >= 0.95)", [f"{t(s, 'vcra x1') / t(s, 'vcra x8'):.3f}" for s in sizes])
+        row("  vl-pet-large x1 / frozen (overhead)",
+            [f"{t(s, 'vl-pet-large x1') / t(s, 'frozen'):.3f}" for s in sizes])
+        row("  vl-pet-large: x8 thrpt / x1 thrpt", [f"{t(s, 'vl-pet-large x1') / t(s, 'vl-pet-large x8'):.3f}"
+                                                    for s in sizes])
         row("  lora ours: x8 / x1 throughput", [f"{t(s, 'lora x1 (ours)') / t(s, 'lora x8 (ours)'):.3f}" for s in sizes])
         row("  lora peft: x8 / x1 throughput", [f"{t(s, 'lora x1 (peft)') / t(s, 'lora x8 (peft)'):.3f}" for s in sizes])
         row("  lora x8 peft / vcra x8 (time)", [f"{t(s, 'lora x8 (peft)') / t(s, 'vcra x8'):.3f}" for s in sizes])

@@ -39,3 +39,25 @@ def test_ablation_lr_search_seeds_and_plots(tmp_path):
     assert (md.with_suffix(".png")).stat().st_size > 0 and md.with_name("results_steps.png").stat().st_size > 0
     before = json.loads((tmp_path / "work" / "results.json").read_text())
     assert ablation.main(argv) == before  # a rerun resumes: nothing is trained twice
+
+
+def test_ablation_vl_pet_rows_run_for_every_task(tmp_path):
+    """The four VL-PET rows train, evaluate through the table and land in the table (tiny world)."""
+    world = tmp_path / "world"
+    generate(world, seed=1, n=40)
+    processor = build_processor(build_tokenizer(load_texts(world)), image_size=32)
+    torch.manual_seed(0)
+    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(world / "bb")
+    md = tmp_path / "results.md"
+    rows = ["VL-PET-large", "VL-PET-middle_X", "VL-PET-middle_Y", "VL-PET-small"]
+    results = ablation.main(["--backbone", str(world / "bb"), "--world", str(world), "--work", str(tmp_path / "w"),
+                             "--results", str(md), "--rows", *rows, "--rank", "4", "--batch-size", "4",
+                             "--train-limit", "8", "--val-limit", "4", "--test-limit", "4", "--k-test", "2"])
+    done = {(r["task"], r["row"]) for r in results if "main" in r}
+    assert done == {(t, row) for t in ("caption", "vqa", "retrieval") for row in rows}
+    assert all(r["trainable_params"] > 0 and r["kind"].startswith("vl-pet-") for r in results)
+    small = {r["task"]: r["trainable_params"] for r in results if r["row"] == "VL-PET-small"}
+    large = {r["task"]: r["trainable_params"] for r in results if r["row"] == "VL-PET-large"}
+    assert all(small[t] < large[t] for t in small)  # G of 1 x 1 costs less than N x d
+    text = md.read_text()
+    assert all(f"| {row} | " in text and "not run" not in text.split(f"| {row} | ")[1].split("\n")[0] for row in rows)

@@ -1,7 +1,7 @@
 """Trainable-parameter counts on the BLIP-base config (BlipConfig() defaults: d = 768,
 12 layers everywhere) against the paper's formula Θ = 2·d·r + N_tuned·(d + r).
 
-Adjustments, as documented in adapters/vcra/config.py:
+Adjustments, as documented in adapters/kinds/vcra/config.py:
 - key and value share one vector pair, so an attention module contributes 2 tuned
   "layers" (q and kv): N_tuned = 2 x (attention modules of the targeted modalities);
 - the learnable scalar s adds 1;

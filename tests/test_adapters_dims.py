@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from transformers import BlipConfig
 
 from adapters import AdapterTable, create_adapter, routed, tasks
-from adapters.injection import AdaptedLinear
-from adapters.sites import attachment_sites
+from adapters.runtime.injection import AdaptedLinear
+from adapters.runtime.sites import attachment_sites
 from tests.adapter_helpers import backbone_pair, inputs, randomize
 from tests.tiny import IMAGE_SIZE
 from training.tokenizer import blip_text_config_ids

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from adapters import AdapterFileError, AdapterTable, create_adapter, load_adapter, read_adapter_meta, save_adapter
-from adapters.files import FORMAT_VERSION
+from adapters.runtime.files import FORMAT_VERSION
 from tests.adapter_helpers import backbone_pair, randomize
 
 NAME = "a.safetensors"
@@ -42,7 +42,8 @@ def _rewrite(src, dst, tensors=None, meta=None):
 def test_round_trip_and_meta(env):
     bb, adapter, good, _ = env
     meta = read_adapter_meta(good)
-    assert (meta.kind, meta.task, meta.rank, meta.seed, meta.train_ab) == ("vcra", "vqa", 4, 3, False)
+    # vqa runs the fusion encoder, so this VCRA has QASN: its file says the real kind
+    assert (meta.kind, meta.task, meta.rank, meta.seed, meta.train_ab) == ("vcra-qasn", "vqa", 4, 3, False)
     assert meta.trainable_params == adapter.trainable_count() and meta.format_version == FORMAT_VERSION
     assert meta.backbone_fingerprint == bb.fingerprint and meta.recipe == {"epochs": 2, "lr": 0.001}
     assert meta.nbytes == 4 * adapter.trainable_count()  # frozen pair: only the seed is stored
@@ -50,6 +51,22 @@ def test_round_trip_and_meta(env):
     for (n, p), (m, q) in zip(adapter.state_dict().items(), loaded.state_dict().items()):
         assert n == m and torch.equal(p, q)
     assert torch.equal(loaded.pair.A_enc, adapter.pair.A_enc)  # regenerated from the seed
+
+
+def test_files_of_the_old_header_kind_load_and_report_the_real_kind(env, tmp_path):
+    """Files written before the header said "vcra-qasn" carry kind "vcra" with qasn on in
+    their options: they still load, identical, and list as what they are."""
+    bb, adapter, good, _ = env
+    old = _rewrite(good, tmp_path / "old.safetensors", meta=lambda m: {**m, "kind": "vcra"})
+    meta = read_adapter_meta(old)
+    assert (meta.kind, meta.header_kind, meta.options["qasn"]) == ("vcra-qasn", "vcra", True)
+    table = AdapterTable(bb, capacity=2, max_rank=4)
+    assert table.load("old", old).kind == "vcra-qasn" and table.load("new", good).kind == "vcra-qasn"
+    loaded = load_adapter(old, bb)
+    assert loaded.kind == "vcra-qasn"
+    assert all(torch.equal(p, q) for p, q in zip(adapter.state_dict().values(), loaded.state_dict().values()))
+    plain = create_adapter("vcra", bb, task="vqa", rank=4, seed=3, qasn=False)  # no QASN: plain "vcra"
+    assert read_adapter_meta(save_adapter(plain, tmp_path / "plain.safetensors", recipe={})).kind == "vcra"
 
 
 def test_train_ab_file_stores_the_pair(env, tmp_path):
@@ -102,7 +119,7 @@ def _bad_cases(env, tmp_path):
     out["bad-kind"] = (_rewrite(good, tmp_path / "kind.safetensors", meta=lambda m: {**m, "kind": "bogus"}),
                        "field 'kind' is 'bogus'")
     out["bad-option"] = (_rewrite(good, tmp_path / "opt.safetensors", meta=lambda m: {
-        **m, "options": json.dumps({"qasn": True, "wings": 2})}), "describe no valid vcra adapter")
+        **m, "options": json.dumps({"qasn": True, "wings": 2})}), "describe no valid vcra-qasn adapter")
     out["count"] = (_rewrite(good, tmp_path / "count.safetensors", meta=lambda m: {**m, "trainable_params": "1"}),
                     "'trainable_params' is 1")
     out["missing-file"] = (tmp_path / "nope.safetensors", "cannot read")

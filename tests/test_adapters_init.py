@@ -10,7 +10,7 @@ import torch
 
 from adapters import attach, create_adapter, tasks
 from adapters.backbone import fingerprint_state_dict
-from adapters.injection import AdaptedLinear
+from adapters.runtime.injection import AdaptedLinear
 from tests.adapter_helpers import backbone_pair, inputs
 
 KINDS = [("vcra", {}), ("vcra", {"train_ab": True}), ("vera", {}), ("lora", {})]

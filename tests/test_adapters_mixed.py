@@ -1,7 +1,7 @@
 """A mixed batch gives each row exactly what that request gets alone: caption with beam
 3, VQA (generation and candidate ranking), ITM, ITC; for 1, 2 and 8 distinct adapters,
-with rows that use none; shared-pair VCRA adapters next to grouped ones (own trained
-pair, VeRA, LoRA). Adapter vectors are random and non-zero, so adapters really differ."""
+with rows that use none; shared-pair VCRA adapters (with and without QASN) next to
+grouped ones (own trained pair, VeRA, LoRA, VL-PET at its four granularities). Adapter vectors are random and non-zero, so adapters really differ."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adapters import AdapterTable, create_adapter, tasks
+from adapters.kinds.lora.layer import MatrixGroup
 from tests.adapter_helpers import backbone_pair, inputs, randomize
 
 MAX_NEW = 5
@@ -17,7 +18,7 @@ MAX_NEW = 5
 @pytest.fixture(scope="module")
 def setup(config, processor):
     bb, frozen = backbone_pair(config, processor, seed=5)
-    table = AdapterTable(bb, capacity=12, max_rank=8)
+    table = AdapterTable(bb, capacity=18, max_rank=8)
     adapters = {}
     for i in range(8):  # 8 VCRA adapters sharing one frozen pair (same seed, rank)
         adapters[f"vcra{i}"] = create_adapter("vcra", bb, task="vqa", rank=4, seed=0)
@@ -25,10 +26,21 @@ def setup(config, processor):
     adapters["vera"] = create_adapter("vera", bb, task="vqa", rank=8, seed=1)
     adapters["lora"] = create_adapter("lora", bb, task="vqa", rank=4, seed=2)
     adapters["lora2"] = create_adapter("lora", bb, task="vqa", rank=2, seed=4)
+    adapters["vcra_noq"] = create_adapter("vcra", bb, task="vqa", rank=4, seed=0, qasn=False)  # shares vcra0's pair
+    for g in ("large", "middle-x", "middle-y", "small"):
+        adapters[f"vlpet-{g}"] = create_adapter(f"vl-pet-{g}", bb, task="vqa", rank=4, seed=6)
     for j, (name, adapter) in enumerate(adapters.items()):
         randomize(adapter, seed=100 + j)
         table.insert(name, adapter)
     return bb, frozen, table, adapters
+
+
+def _pair_groups(routing):
+    return [pg for g in routing.groups for pg in getattr(g, "pair_groups", [])]
+
+
+def _matrix_groups(routing):
+    return [g for g in routing.groups if isinstance(g, MatrixGroup)]
 
 
 def _run(bb, routing, px, ids, mask):
@@ -65,7 +77,7 @@ def _check_rows(bb, table, names, seed):
 def test_shared_pair_batch_equals_rows_alone(setup, names):
     bb, frozen, table, _ = setup
     routing = table.routing(names)
-    assert len(routing.pair_groups) == 1 and routing.pair_groups[0].requests is None  # one group: 2 matmuls
+    assert len(_pair_groups(routing)) == 1 and _pair_groups(routing)[0].requests is None  # one group: 2 matmuls
     mixed = _check_rows(bb, table, names, seed=len(names))
     px, ids, mask = inputs(bb, len(names), seed=len(names))
     ref = _run(frozen, None, px, ids, mask)
@@ -80,15 +92,28 @@ def test_grouped_kinds_batch_equals_rows_alone(setup):
     names = ["lora", "vcra0", None, "own_ab", "vera", "lora2", "vcra1", "lora"]
     bb, _, table, _ = setup
     routing = table.routing(names)
-    assert len(routing.pair_groups) == 3 and len(routing.matrix_groups) == 2
+    assert len(_pair_groups(routing)) == 3 and len(_matrix_groups(routing)) == 2
     _check_rows(bb, table, names, seed=9)
+
+
+def test_vcra_qasn_lora_and_vl_pet_rows_batch_equal_rows_alone(setup):
+    """VCRA, VCRA+QASN, LoRA and all four VL-PET kinds in one batch, beam search included."""
+    bb, _, table, _ = setup
+    names = ["vcra0", "vlpet-large", "vcra_noq", None, "lora", "vlpet-small", "own_ab", "vlpet-middle-x",
+             "vcra1", "vlpet-middle-y", "vlpet-large"]
+    assert [table.meta(n).kind for n in ("vcra0", "vcra_noq", "lora", "vlpet-middle-y")] == \
+        ["vcra-qasn", "vcra", "lora", "vl-pet-middle-y"]
+    routing = table.routing(names)
+    assert len(_pair_groups(routing)) == 2 and len(_matrix_groups(routing)) == 1  # vcra*+noq share a pair
+    assert len(routing.groups) == 1 + 1 + 4  # one vector group, one LoRA, four VL-PET adapters
+    _check_rows(bb, table, names, seed=13)
 
 
 def test_table_rows_match_the_live_adapter(setup):
     """Serving (table slots) and training (live parameters) run the same forward."""
     bb, _, table, adapters = setup
     px, ids, mask = inputs(bb, 2, seed=4)
-    for name in ("vcra3", "own_ab", "vera", "lora"):
+    for name in ("vcra3", "own_ab", "vera", "lora", "vlpet-large", "vlpet-small"):
         served = _run(bb, table.routing([name, name]), px, ids, mask)
         live = _run(bb, adapters[name].routing(), px, ids, mask)
         assert torch.equal(served["caption"], live["caption"]), name
@@ -98,5 +123,6 @@ def test_table_rows_match_the_live_adapter(setup):
 def test_adapters_differ_from_each_other(setup):
     bb, _, table, _ = setup
     px, ids, mask = inputs(bb, 1)
-    logits = [_run(bb, table.routing([n]), px, ids, mask)["itm"] for n in ("vcra0", "vcra1", "lora", "vera")]
-    assert all(not torch.allclose(logits[i], logits[j], atol=1e-4) for i in range(4) for j in range(i))
+    names = ("vcra0", "vcra1", "lora", "vera", "vlpet-large", "vlpet-middle-x", "vlpet-middle-y", "vlpet-small")
+    logits = [_run(bb, table.routing([n]), px, ids, mask)["itm"] for n in names]
+    assert all(not torch.allclose(logits[i], logits[j], atol=1e-4) for i in range(len(names)) for j in range(i))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from adapters import create_adapter, routed, tasks
-from adapters import qasn as qasn_module
+from adapters.kinds.vcra import qasn as qasn_module
 from tests.adapter_helpers import backbone_pair, inputs, randomize
 
 

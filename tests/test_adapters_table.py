@@ -30,7 +30,7 @@ def test_insert_writes_in_place_and_allocates_nothing(bb):
     assert [t.data_ptr() for t in table._bank_tensors()] == storage
     assert {n: p.data_ptr() for n, p in bb.named_parameters()} == weights
     assert len(table) == 3 and table.names() == ["a3", "a4", "a5"]  # LRU evicted a0..a2
-    assert torch.count_nonzero(table.bank.scale[0]) == 0  # slot 0 (frozen) never written
+    assert torch.count_nonzero(table.banks["vectors"].scale[0]) == 0  # slot 0 (frozen) never written
 
 
 def test_lru_order_follows_use_and_pins_protect(bb):
@@ -76,10 +76,10 @@ def test_evicting_frees_shared_pairs_and_slots_are_reused(bb):
     table = AdapterTable(bb, capacity=2, max_rank=4)
     table.insert("a", _adapter(bb, 1))
     table.insert("b", _adapter(bb, 2))
-    assert len(table._pairs) == 1  # same (kind, seed, rank): one shared pair entry
+    assert len(table.banks["vectors"].pairs) == 1  # same (kind, seed, rank): one shared pair entry
     table.evict("a")
     table.evict("b")
-    assert table._pairs == {} and len(table) == 0
+    assert table.banks["vectors"].pairs == {} and len(table) == 0
     table.insert("c", _adapter(bb, 3))
     assert table._slots["c"].index == 1
 

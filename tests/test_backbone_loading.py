@@ -12,8 +12,8 @@ import torch
 
 from adapters import tasks
 from adapters.backbone import Backbone
-from adapters.backbone_loading import read_weights
-from adapters.convert_original import main as convert_main
+from adapters.backbone.loading import read_weights
+from adapters.backbone.convert_original import main as convert_main
 from adapters.errors import BackboneLoadError, TaskUnavailableError
 from tests.tiny import random_images
 
@@ -86,7 +86,7 @@ def test_original_checkpoint_converts_loads_and_matches(saved, tmp_path, process
 
 
 def test_blip_tokens_are_appended_to_a_plain_bert_vocabulary(tmp_path):
-    from adapters.convert_original import blip_tokenizer
+    from adapters.backbone.convert_original import blip_tokenizer
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle"]
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")

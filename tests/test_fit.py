@@ -50,7 +50,8 @@ def _args(world: Path, task: str, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("task, kind", [("caption", "vcra-qasn"), ("vqa", "vcra-qasn"), ("retrieval", "vcra-qasn"),
-                                        ("retrieval", "lora")])
+                                        ("retrieval", "lora"), ("caption", "vl-pet-large"), ("vqa", "vl-pet-small"),
+                                        ("retrieval", "vl-pet-middle-x"), ("vqa", "vl-pet-middle-y")])
 def test_each_task_trains_and_loads_in_the_table(world, tmp_path, task, kind):
     out = tmp_path / f"{task}.safetensors"
     summary = fit.main(_args(world, task, out, "--kind", kind, "--epochs", "1", "--train-limit", "16",
@@ -58,10 +59,13 @@ def test_each_task_trains_and_loads_in_the_table(world, tmp_path, task, kind):
     assert summary["steps"] >= 2 and summary["val_main"] >= 0
     bb = Backbone.from_dirs(world / "bb")
     meta = adapters.AdapterTable(bb).load(task, out)
+    # the file says the kind trained (a caption forward never runs QASN: that VCRA is plain "vcra")
+    assert meta.kind == ("vcra" if (task, kind) == ("caption", "vcra-qasn") else kind)
     assert meta.trainable_params == summary["trainable_params"] > 0
     assert json.loads(json.dumps(meta.recipe))["task"] == task
     tensors = load_file(out)
-    zero_at_init = [t for k, t in tensors.items() if k.startswith(("lam_b.", "B."))]  # VCRA's Λb, LoRA's B
+    # VCRA's Λb, LoRA's B, VL-PET's up projections: zero at init
+    zero_at_init = [t for k, t in tensors.items() if k.startswith(("lam_b.", "B.", "up.", "vup."))]
     assert zero_at_init and any(t.abs().sum() > 0 for t in zero_at_init), "nothing trained"
     log = [json.loads(line) for line in out.with_name(out.name + ".log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "done" and any("loss" in r for r in log)

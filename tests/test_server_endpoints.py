@@ -141,6 +141,9 @@ def test_adapters_list_load_unload_and_failed_load(c, adapter_dir):
     assert cap["loaded"] and cap["pinned"] and cap["kind"] == "vcra" and cap["task"] == "caption"
     assert cap["rank"] == 4 and cap["trainable_params"] > 0 and cap["bytes"] > 0 and cap["default_for"] == ["caption"]
     assert listed["caption-lora"]["kind"] == "lora"
+    # the real kind: a vqa VCRA has QASN (the fusion encoder runs), a VL-PET file says its granularity
+    assert listed["vqa"]["kind"] == "vcra-qasn" and listed["caption-vlpet"]["kind"] == "vl-pet-large"
+    assert listed["vqa-vlpet"]["kind"] == "vl-pet-small"
 
     before = c.caption(IMGS[4], adapter="caption-b")
     info = c.load_adapter("caption-b", pin=True)

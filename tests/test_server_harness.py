@@ -37,7 +37,8 @@ from tests.tiny import random_images, tiny_config, tiny_processor
 # name -> (kind, task); "caption", "vqa", "retrieval" are the task defaults
 ADAPTERS = {
     "caption": ("vcra", "caption"), "caption-b": ("vcra", "caption"), "caption-lora": ("lora", "caption"),
-    "vqa": ("vcra", "vqa"), "vqa-b": ("vcra", "vqa"),
+    "caption-vlpet": ("vl-pet-large", "caption"),
+    "vqa": ("vcra", "vqa"), "vqa-b": ("vcra", "vqa"), "vqa-vlpet": ("vl-pet-small", "vqa"), "vqa-lora": ("lora", "vqa"),
     "retrieval": ("vcra", "retrieve"), "retrieval-b": ("vcra", "retrieve"),
 }
 

@@ -14,15 +14,15 @@ from tests.test_server_harness import images, running_server
 
 def _requests(imgs):
     reqs = []
-    cap_adapters = [None, "none", "caption", "caption-b", "caption-lora"]
-    vqa_adapters = [None, "none", "vqa", "vqa-b"]
+    cap_adapters = [None, "none", "caption", "caption-b", "caption-lora", "caption-vlpet"]
+    vqa_adapters = [None, "none", "vqa", "vqa-b", "vqa-vlpet", "vqa-lora"]
     questions = ["what colour is the circle ?", "is there a star ?", "how many squares are there ?"]
     for i, im in enumerate(imgs):
         reqs.append(("caption", dict(image=im, adapter=cap_adapters[i % len(cap_adapters)])))
         reqs.append(("caption", dict(image=im, adapter=cap_adapters[(i + 2) % len(cap_adapters)], num_beams=3,
                                      max_new_tokens=8)))
-        reqs.append(("vqa", dict(image=im, question=questions[i % 3], adapter=vqa_adapters[i % 4])))
-        reqs.append(("vqa", dict(image=im, question=questions[(i + 1) % 3], adapter=vqa_adapters[(i + 1) % 4],
+        reqs.append(("vqa", dict(image=im, question=questions[i % 3], adapter=vqa_adapters[i % 6])))
+        reqs.append(("vqa", dict(image=im, question=questions[(i + 1) % 3], adapter=vqa_adapters[(i + 1) % 6],
                                  candidates=["red", "blue", "two", "yes"])))
         reqs.append(("retrieve", dict(text="a red circle", images={f"i{j}": x for j, x in enumerate(imgs[:4])},
                                       top_k=3, adapter=["retrieval", "retrieval-b", "none"][i % 3])))
@@ -47,7 +47,7 @@ def _same(a, b, path="") -> None:
 
 
 def test_concurrent_mixed_adapters_match_one_by_one():
-    imgs = images(10, seed=3)
+    imgs = images(12, seed=3)
     reqs = _requests(imgs)
     with running_server(max_wait_ms=40, max_batch_size=16) as url:
         with Client(url) as c:

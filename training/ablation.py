@@ -5,7 +5,8 @@
 
 Rows: frozen backbone, full fine-tune, LoRA, VeRA without cross-modal sharing (one
 pair per modality, the paper's '+scaling vectors'), VCRA, VCRA+QASN, VCRA+QASN+MCAM,
-all at one rank. Every row is a real `training.fit` run (same flags, seed and budget)
+and VL-PET (the second seed paper) at its four granularities, all at one rank (VL-PET:
+its modules' bottleneck). Every row is a real `training.fit` run (same flags, seed and budget)
 whose output file is evaluated by `training.evaluate` on the test split, loaded
 through the AdapterTable as the server loads it. MCAM regularises ITC, so it only
 changes retrieval; for caption and VQA that row repeats VCRA+QASN (no extra run).
@@ -42,6 +43,10 @@ ROWS = [  # (row name, fit --kind, extra fit flags)
     ("VCRA", "vcra", []),
     ("VCRA+QASN", "vcra-qasn", ["--no-mcam"]),
     ("VCRA+QASN+MCAM", "vcra-qasn", ["--mcam"]),
+    ("VL-PET-large", "vl-pet-large", []),  # VL-PET (ICCV 2023) at its four granularities of G
+    ("VL-PET-middle_X", "vl-pet-middle-x", []),
+    ("VL-PET-middle_Y", "vl-pet-middle-y", []),
+    ("VL-PET-small", "vl-pet-small", []),
 ]
 TASKS = ("caption", "vqa", "retrieval")
 ANALYSIS = "<!-- analysis: hand-written below, kept when the script rewrites the table -->"
@@ -240,12 +245,12 @@ def param_table(backbone_dir: str, tasks, ranks=(4, 8, 16, 32)) -> list[str]:
     from adapters.backbone import Backbone
     from training import adapters_io
 
-    out = ["| task | rank | LoRA | VeRA (no sharing) | VCRA | VCRA+QASN | VCRA+QASN / LoRA |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| task | rank | LoRA | VeRA (no sharing) | VCRA | VCRA+QASN | VL-PET-large | VL-PET-small "
+           "| VCRA+QASN / LoRA |", "|---|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         for rank in ranks:
             counts = {}
-            for kind in ("lora", "vera", "vcra", "vcra-qasn"):
+            for kind in ("lora", "vera", "vcra", "vcra-qasn", "vl-pet-large", "vl-pet-small"):
                 bb = Backbone.from_dirs(backbone_dir)  # fresh: creating an adapter injects wrappers
                 a = adapters_io.new_adapter(kind, bb, task=task, rank=rank, seed=0)
                 counts[kind] = (adapters_io.trainable_count(a), adapters_io.paper_count(a))

@@ -6,14 +6,16 @@ functions through it, count what it trains, save it with its recipe, and load a
 saved file the way the server does (an `AdapterTable`) for evaluation.
 
     adapter = new_adapter("vcra-qasn", bb, task="vqa", rank=8, seed=0)
-    model, route = live(bb, adapter)         # route: n rows -> routing of this live adapter
+    model, route = live(bb, adapter)         # adapters.bind: route(n) -> routing of this live adapter
     save(adapter, "vqa.safetensors", recipe={...})
     model, route, n_params, info = load_for_eval(bb, "vqa.safetensors")
 
-Kinds of the CLI -> the library: vcra = VCRA without QASN; vcra-qasn = VCRA with
-QASN wherever the task runs the fusion encoder (vqa, retrieval; a caption forward
-never enters it, so there it equals vcra); vera = VeRA-style vectors with one pair
-per modality and no QASN (the paper's '+scaling vectors' row); lora; full.
+Kinds of the CLI are the library's registered kinds (adapters.KINDS), with one
+training default: vcra = VCRA without QASN; vcra-qasn = VCRA with QASN wherever the
+task runs the fusion encoder (vqa, retrieval; a caption forward never enters it, so
+there it equals vcra and its file says "vcra"); vera = VeRA-style vectors with one
+pair per modality and no QASN (the paper's '+scaling vectors' row); lora; the four
+VL-PET granularities; full.
 """
 
 from __future__ import annotations
@@ -25,30 +27,22 @@ from torch import nn
 
 import adapters
 
-KINDS = ("vcra", "vcra-qasn", "lora", "vera", "full")
+KINDS = tuple(adapters.KINDS)
+NO_QASN_BY_DEFAULT = ("vcra", "vera")  # the CLI's vcra / vera rows are the ablation's "without QASN"
 ADAPTER_TASK = {"caption": "caption", "vqa": "vqa", "retrieval": "retrieve"}  # training name -> adapters' name
 
 
 def new_adapter(kind: str, bb, *, task: str, rank: int, seed: int, train_ab: bool = False) -> nn.Module:
     if kind not in KINDS:
         raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
-    t = ADAPTER_TASK[task]
-    if kind == "full":
-        return adapters.create_adapter("full", bb, task=t)
-    if kind == "lora":
-        return adapters.create_adapter("lora", bb, task=t, rank=rank, seed=seed)
-    qasn = None if kind == "vcra-qasn" else False  # None: on iff the task runs the fusion encoder
-    return adapters.create_adapter("vera" if kind == "vera" else "vcra", bb, task=t, rank=rank, seed=seed,
-                                   train_ab=train_ab, qasn=qasn)
+    options = {"qasn": False} if kind in NO_QASN_BY_DEFAULT else {}
+    return adapters.create_adapter(kind, bb, task=ADAPTER_TASK[task], rank=rank, seed=seed, train_ab=train_ab,
+                                   **options)
 
 
 def live(bb, adapter: nn.Module):
-    """(module to run task functions on, route). For a full fine-tune the module is its
-    trainable copy and no routing is needed; otherwise the frozen backbone, with every
-    row of a call routed through the adapter's live parameters."""
-    if adapter.kind == "full":
-        return adapter.model, (lambda n: None)
-    return bb, (lambda n: adapter.routing())
+    """(module to run task functions on, route): `adapters.bind`, the library's one way."""
+    return adapters.bind(bb, adapter)
 
 
 def trainable_count(adapter: nn.Module | None) -> int:
@@ -69,13 +63,13 @@ def paper_count(adapter: nn.Module | None) -> int:
 
 def check_optimizer_params(adapter: nn.Module, params: list) -> None:
     """Assert the optimizer gets exactly the adapter's trainable tensors."""
-    if adapter.kind != "full":
+    if getattr(adapter, "model", None) is None:  # a full fine-tune's optimizer holds its copy
         assert sum(p.numel() for p in params) == trainable_count(adapter), \
             f"optimizer holds {sum(p.numel() for p in params)} values, the adapter trains {trainable_count(adapter)}"
 
 
 def save(adapter: nn.Module, path, *, recipe: dict) -> Path:
-    """An adapter file; for kind=full a backbone directory at `path` (see adapters.full)."""
+    """An adapter file; for kind=full a backbone directory at `path` (see adapters.kinds.full)."""
     return adapters.save_adapter(adapter, path, recipe=recipe)
 
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from adapters.tasks import CAPTION_PROMPT
+from adapters.backbone.tasks import CAPTION_PROMPT
 
 MAX_TEXT_LEN = 40  # tokens; the world's longest text is ~15, BLIP uses 30-35 for COCO
 

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from adapters import predict, tasks
-from adapters.routing import routed
+from adapters.runtime.routing import routed
 from training.data import DATASETS, MAX_TEXT_LEN, CaptionDataset, RetrievalDataset, VQADataset, load_json, tokens
 from training.metrics import caption_scores, recall_at_k, vqa_accuracy
 

@@ -33,7 +33,8 @@ from training.data import DATASETS, load_json
 from training.evaluate import MAIN_METRIC, evaluate
 from training.loop import LoopConfig, train
 
-DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "vera": 2e-2, "vcra": 2e-2, "vcra-qasn": 2e-2}  # vectors need larger steps
+DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "vera": 2e-2, "vcra": 2e-2, "vcra-qasn": 2e-2,  # vectors need larger steps
+              **{k: 3e-3 for k in ("vl-pet-large", "vl-pet-middle-x", "vl-pet-middle-y", "vl-pet-small")}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", required=True, help="directory the JSONs' image paths are relative to")
     p.add_argument("--out", required=True,
                    help="adapter file to write (.safetensors); for --kind full a backbone directory")
-    p.add_argument("--rank", type=int, default=16, help="low rank r of the A/B matrices (VCRA, VeRA, LoRA)")
+    p.add_argument("--rank", type=int, default=16,
+                   help="low rank r of the A/B matrices (VCRA, VeRA, LoRA); VL-PET: its modules' bottleneck")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (None: per kind, {DEFAULT_LR})")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training data")
     p.add_argument("--max-steps", type=int, default=0,
@@ -106,7 +108,7 @@ def main(argv: list[str]) -> dict:
     rank, world, device = _init_distributed()
     try:
         torch.manual_seed(args.seed)
-        lr = args.lr if args.lr is not None else DEFAULT_LR[args.kind]
+        lr = args.lr if args.lr is not None else DEFAULT_LR.get(args.kind, 3e-3)  # unlisted kinds: LoRA-like modules
         mcam = args.mcam if args.mcam is not None else (args.kind == "vcra-qasn" and args.task == "retrieval")
         out = Path(args.out)
         bb = Backbone.from_dirs(args.backbone, settings=BackboneSettings(device=device))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from adapters import tasks
-from adapters.routing import routed
+from adapters.runtime.routing import routed
 
 Route = Callable[[int], Any]
 

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from transformers import BlipConfig, BlipTextConfig, BlipVisionConfig  # noqa: E402
 
 from adapters.backbone import Backbone  # noqa: E402
-from adapters.full import FullFinetune  # noqa: E402
+from adapters.kinds.full.model import FullFinetune  # noqa: E402
 from training import losses  # noqa: E402
 from training.loop import LoopConfig, train  # noqa: E402
 from training.shapes.language import vocabulary_texts  # noqa: E402

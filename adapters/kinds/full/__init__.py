@@ -1,0 +1,1 @@
+"""Full fine-tuning baseline (training-only); the kind is `model.FullKind`."""
