@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from docs import browser, examples
-from tests.test_server_harness import running_server
+from tests.test_server_harness import ADAPTERS, running_server
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 PAGES = ["/", "/docs", "/redoc"]
@@ -161,7 +161,7 @@ def test_a_server_with_an_api_key_asks_for_it(shipped):
         assert not driver.find_elements("css selector", "#adapter-table tbody tr")
         key = driver.find_element("id", "api-key")
         key.send_keys("secret\t")  # leaving the field sends its change event
-        browser.wait(driver, lambda d: len(d.find_elements("css selector", "#adapter-table tbody tr")) == 7)
+        browser.wait(driver, lambda d: len(d.find_elements("css selector", "#adapter-table tbody tr")) == len(ADAPTERS))
         browser.choose(driver, "caption", "green-squares.png", ["caption-b"])
         browser.run(driver)
         assert set(_cards(driver)) == {"caption-b"} and not driver.find_element("id", "error").is_displayed()
