@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import json
 
-import torch
-
-from adapters.backbone import Backbone
-from tests.tiny import tiny_config
+from tests.tiny import tiny_shapes_world
 from training import ablation
-from training.shapes.world import generate, load_texts
-from training.tokenizer import build_processor, build_tokenizer
 
 
 def test_ablation_lr_search_seeds_and_plots(tmp_path):
-    world = tmp_path / "world"
-    generate(world, seed=0, n=60)
-    processor = build_processor(build_tokenizer(load_texts(world)), image_size=32)
-    torch.manual_seed(0)
-    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(world / "bb")
+    world = tiny_shapes_world(tmp_path / "world", seed=0, n=60)
     md = tmp_path / "docs" / "results.md"
     argv = ["--backbone", str(world / "bb"), "--world", str(world), "--work", str(tmp_path / "work"),
             "--results", str(md), "--tasks", "vqa", "--rows", "frozen", "LoRA", "VCRA+QASN",
@@ -43,11 +34,7 @@ def test_ablation_lr_search_seeds_and_plots(tmp_path):
 
 def test_ablation_vl_pet_rows_run_for_every_task(tmp_path):
     """The four VL-PET rows train, evaluate through the table and land in the table (tiny world)."""
-    world = tmp_path / "world"
-    generate(world, seed=1, n=40)
-    processor = build_processor(build_tokenizer(load_texts(world)), image_size=32)
-    torch.manual_seed(0)
-    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(world / "bb")
+    world = tiny_shapes_world(tmp_path / "world", seed=1, n=40)
     md = tmp_path / "results.md"
     rows = ["VL-PET-large", "VL-PET-middle_X", "VL-PET-middle_Y", "VL-PET-small"]
     results = ablation.main(["--backbone", str(world / "bb"), "--world", str(world), "--work", str(tmp_path / "w"),

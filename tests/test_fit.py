@@ -20,13 +20,11 @@ from safetensors.torch import load_file
 
 import adapters
 from adapters.backbone import Backbone
-from tests.tiny import tiny_config
+from tests.tiny import tiny_shapes_world
 from training import evaluate as evaluate_cli
 from training import fit
 from training.data import DATASETS, load_json
 from training.loop import LoopConfig, train
-from training.tokenizer import build_processor, build_tokenizer
-from training.shapes.world import generate, load_texts
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -35,12 +33,7 @@ PY = sys.executable
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A 60-image shapes world and a tiny random backbone whose tokenizer knows its words."""
-    root = tmp_path_factory.mktemp("world")
-    generate(root, seed=0, n=60)
-    processor = build_processor(build_tokenizer(load_texts(root)), image_size=32)
-    torch.manual_seed(0)
-    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(root / "bb")
-    return root
+    return tiny_shapes_world(tmp_path_factory.mktemp("world"), seed=0, n=60)
 
 
 def _args(world: Path, task: str, out: Path, *extra: str) -> list[str]:

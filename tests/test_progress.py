@@ -7,24 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from adapters.backbone import Backbone
-from tests.tiny import tiny_config
+from tests.tiny import tiny_shapes_world
 from training import evaluate as evaluate_cli
 from training import fit
-from training.shapes.world import generate, load_texts
-from training.tokenizer import build_processor, build_tokenizer
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    generate(root, seed=0, n=40)
-    processor = build_processor(build_tokenizer(load_texts(root)), image_size=32)
-    torch.manual_seed(0)
-    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(root / "bb")
-    return root
+    return tiny_shapes_world(tmp_path_factory.mktemp("world"), seed=0, n=40)
 
 
 def test_fit_shows_a_bar_while_validating(world, tmp_path, capsys):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import torch
 from PIL import Image
 from transformers import BlipConfig
 
+from adapters.backbone import Backbone
+from training.shapes.world import generate, load_texts
 from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer
 
 WORDS = [
@@ -37,3 +42,13 @@ def tiny_config(tokenizer, hidden: int = 32, layers: int = 2, heads: int = 4, im
 def random_images(n: int, size: int = IMAGE_SIZE, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def tiny_shapes_world(root: Path, seed: int, n: int) -> Path:
+    """A generated shapes world of `n` images at 32 px under `root`, plus `root / "bb"`: a
+    tiny random backbone whose tokenizer knows every word of that world. Returns root."""
+    generate(root, seed=seed, n=n)
+    processor = build_processor(build_tokenizer(load_texts(root)), image_size=IMAGE_SIZE)
+    torch.manual_seed(0)
+    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(root / "bb")
+    return root
