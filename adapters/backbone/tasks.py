@@ -1,4 +1,5 @@
-"""Batched task functions on a `Backbone`: caption, VQA, ITC embeddings, ITM scores.
+"""Batched task functions on a `Backbone`: caption, VQA, ITC embeddings, ITM scores, for
+images (B, 3, H, W) and videos (B, F, 3, H, W) alike (see `encode_image`).
 
 Every function takes tensors for a whole batch and an optional `routing` (the
 per-row adapter choice, see `adapters.runtime.routing`), entered for the whole call;
@@ -38,9 +39,33 @@ def tokens(bb, texts: list[str], max_length: int | None = None) -> tuple[torch.T
     return enc.input_ids.to(bb.device), enc.attention_mask.to(bb.device)
 
 
+def video_pixels(bb, videos) -> torch.Tensor:
+    """Videos, each a list of F PIL frames (F equal across the batch) -> (B, F, 3, H, W)."""
+    if len({len(v) for v in videos}) != 1:
+        raise ValueError("videos of one batch need the same frame count")
+    px = pixels(bb, [im for v in videos for im in v])  # (B*F, 3, H, W), each video's frames consecutive
+    return px.view(len(videos), len(videos[0]), *px.shape[1:])
+
+
 # -- encoders (differentiable; used by inference and training) -------------------------
+# Video is BLIP's video transfer: 5-D pixels (B, F, 3, H, W) send each frame through the ViT
+# as B*F rows (each request's frames consecutive, so a B-row routing expands to them like
+# beams: `expand_rows`), and the frames' tokens are concatenated, (B, F*T, Hv), for every
+# consumer that cross-attends them (fusion encoder, decoder, ITM). ITC (`image_features`)
+# takes the mean of the frames' projected [CLS] vectors. F = 1 is exactly the image path.
+def frame_tokens(bb) -> int:
+    """Tokens one image (one frame) becomes: [CLS] + patches (T)."""
+    vc = bb.config.vision_config
+    return 1 + (vc.image_size // vc.patch_size) ** 2
+
+
 def encode_image(bb, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> image tokens (B, 1 + patches, Hv)."""
+    """(B, 3, H, W) -> image tokens (B, T, Hv), T = 1 + patches; video (B, F, 3, H, W) ->
+    the frames' tokens concatenated (B, F*T, Hv)."""
+    if pixel_values.dim() == 5:
+        b, f = pixel_values.shape[:2]
+        tokens_ = bb.vision_model(pixel_values=pixel_values.flatten(0, 1).to(bb.dtype))[0]  # (B*F, T, Hv)
+        return tokens_.reshape(b, f * tokens_.shape[1], tokens_.shape[2])
     return bb.vision_model(pixel_values=pixel_values.to(bb.dtype))[0]
 
 
@@ -60,8 +85,17 @@ def fuse(bb, input_ids, attention_mask, image_embeds: torch.Tensor) -> torch.Ten
 
 
 def image_features(bb, image_embeds: torch.Tensor) -> torch.Tensor:
-    """ITC image vector from the [CLS] image token: (B, L, Hv) -> (B, D), unit norm."""
-    return F.normalize(bb.vision_proj(image_embeds[:, 0, :]), dim=-1)
+    """ITC image vector from the [CLS] image token: (B, T, Hv) -> (B, D), unit norm. Video
+    tokens (B, F*T, Hv) (F read off the length): the mean over frames of each frame's
+    projected [CLS], then normalised (BLIP's video retrieval)."""
+    t = frame_tokens(bb)
+    b, length, hidden = image_embeds.shape
+    if length == t:
+        return F.normalize(bb.vision_proj(image_embeds[:, 0, :]), dim=-1)
+    if length % t:
+        raise ValueError(f"{length} image tokens are not a whole number of {t}-token frames")
+    cls = image_embeds.view(b, length // t, t, hidden)[:, :, 0, :]  # (B, F, Hv)
+    return F.normalize(bb.vision_proj(cls).mean(dim=1), dim=-1)
 
 
 def text_features(bb, text_embeds: torch.Tensor) -> torch.Tensor:
