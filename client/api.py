@@ -44,6 +44,13 @@ def b64(image: ImageLike) -> str:
     return base64.b64encode(image_bytes(image)).decode()
 
 
+def video_field(video) -> str | list[str]:
+    """A video file (path, bytes, file object) -> its base64; a list of frames -> their base64s."""
+    if isinstance(video, (list, tuple)):
+        return [b64(f) for f in video]
+    return b64(video)
+
+
 def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
@@ -71,28 +78,37 @@ class Requests:
                                    files={"image": ("image", image_bytes(image))}))
         return self._send(Call("POST", "/caption", json={"image": b64(image), **fields}))
 
-    def vqa(self, image: ImageLike, question: str, *, adapter: str | None = None,
-            candidates: list[str] | None = None, max_new_tokens: int | None = None, num_beams: int | None = None,
-            multipart: bool = False):
+    def vqa(self, image: ImageLike | None, question: str, *, video=None, num_frames: int | None = None,
+            adapter: str | None = None, candidates: list[str] | None = None, max_new_tokens: int | None = None,
+            num_beams: int | None = None, multipart: bool = False):
         """Generated answer (server defaults: 3 beams, at most 10 tokens), or with
-        `candidates` the most likely of them and every candidate's log-likelihood."""
+        `candidates` the most likely of them and every candidate's log-likelihood.
+        Video: image=None, video= a file (MP4, WebM, GIF) or a list of frames, num_frames= sampled."""
         fields = _drop_none({"question": question, "adapter": adapter, "candidates": candidates,
-                             "max_new_tokens": max_new_tokens, "num_beams": num_beams})
+                             "max_new_tokens": max_new_tokens, "num_beams": num_beams, "num_frames": num_frames})
         if multipart:
             data = {k: v if isinstance(v, str) else str(v) for k, v in fields.items() if k != "candidates"}
             if candidates is not None:
                 data["candidates"] = list(candidates)
+            if video is not None:
+                return self._send(Call("POST", "/vqa", data=data, files={"video": ("video", image_bytes(video))}))
             return self._send(Call("POST", "/vqa", data=data, files={"image": ("image", image_bytes(image))}))
-        return self._send(Call("POST", "/vqa", json={"image": b64(image), **fields}))
+        media = {"video": video_field(video)} if video is not None else {"image": b64(image)}
+        return self._send(Call("POST", "/vqa", json={**media, **fields}))
 
-    def retrieve(self, *, text: str | None = None, image: ImageLike | None = None, gallery: str | None = None,
-                 images: dict[str, ImageLike] | None = None, texts: dict[str, str] | None = None, top_k: int = 5,
+    def retrieve(self, *, text: str | None = None, image: ImageLike | None = None, video=None,
+                 gallery: str | None = None, images: dict[str, ImageLike] | None = None, videos: dict | None = None,
+                 texts: dict[str, str] | None = None, top_k: int = 5, num_frames: int | None = None,
                  adapter: str | None = None, rerank: bool = True, filter: dict | None = None):
-        """text -> image (gallery= an image gallery, or images={id: image}) or
-        image -> text (gallery= a text gallery, or texts={id: text}); filter= e.g. {"metadata.colour": "red"}
-        restricts a gallery search. Returns {"results": [{id, score, itc}], ...}."""
-        body = _drop_none({"text": text, "image": b64(image) if image is not None else None, "gallery": gallery,
-                           "top_k": top_k, "adapter": adapter, "rerank": rerank, "filter": filter})
+        """text -> image/video (gallery= an image or video gallery, or images={id: image} / videos={id: video}) or
+        image/video -> text (gallery= a text gallery, or texts={id: text}); filter= e.g. {"metadata.colour": "red"}
+        restricts a gallery search. A video is a file or a list of frames. Returns {"results": [{id, score, itc}], ...}."""
+        body = _drop_none({"text": text, "image": b64(image) if image is not None else None,
+                           "video": video_field(video) if video is not None else None, "gallery": gallery,
+                           "top_k": top_k, "num_frames": num_frames, "adapter": adapter, "rerank": rerank,
+                           "filter": filter})
+        if videos is not None:
+            body["videos"] = [{"id": k, "video": video_field(v)} for k, v in videos.items()]
         if images is not None:
             body["images"] = [{"id": k, "image": b64(v)} for k, v in images.items()]
         if texts is not None:
@@ -113,12 +129,15 @@ class Requests:
         return self._send(Call("GET", f"/galleries/{name}/items"))
 
     def add_items(self, name: str, items: list[dict], *, adapter: str | None = None):
-        """items: [{"id", "image": path/bytes} or {"id", "text"}, optional "metadata": {...}]"""
+        """items: [{"id", "image": path/bytes}, {"id", "video": file or frame list} or {"id", "text"},
+        optional "metadata": {...}]"""
         body_items = []
         for it in items:
-            entry = {k: v for k, v in it.items() if k != "image"}
+            entry = {k: v for k, v in it.items() if k not in ("image", "video")}
             if it.get("image") is not None:
                 entry["image"] = b64(it["image"])
+            if it.get("video") is not None:
+                entry["video"] = video_field(it["video"])
             body_items.append(entry)
         return self._send(Call("POST", f"/galleries/{name}/items", json=_drop_none({"items": body_items,
                                                                                    "adapter": adapter})))

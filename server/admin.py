@@ -8,6 +8,7 @@ import logging
 from fastapi import APIRouter, BackgroundTasks, Depends, Query
 from starlette.concurrency import run_in_threadpool
 
+from server import videos
 from server.deps import ServicesDep, require_api_key
 from server.errors import Conflict, NotFound, Unprocessable
 from server.galleries import GalleryExists, item_key
@@ -130,7 +131,7 @@ async def add_items(name: str, body: GalleryAdd, svc: ServicesDep, tasks: Backgr
     if kind == "image":
         images = []
         for i, it in enumerate(body.items):
-            if it.image is None or it.text is not None:
+            if it.image is None or it.text is not None or it.video is not None:
                 raise Unprocessable(f"items[{i}]: an image gallery takes 'image' (base64), not 'text'")
             images.append(await load_b64_image(it.image, s, f"items[{i}].image"))
         pngs = await run_in_threadpool(lambda: [encode_png(im) for im in images])
@@ -138,9 +139,11 @@ async def add_items(name: str, body: GalleryAdd, svc: ServicesDep, tasks: Backgr
                 for it, png in zip(body.items, pngs)]
         pixels = await run_in_threadpool(svc.engine.pixels, images)
         vecs = await svc.engine.itc_images(pixels, adapter)
+    elif kind == "video":
+        rows, vecs = await video_rows(svc, body, adapter)
     else:
         for i, it in enumerate(body.items):
-            if it.text is None or it.image is not None:
+            if it.text is None or it.image is not None or it.video is not None:
                 raise Unprocessable(f"items[{i}]: a text gallery takes 'text', not 'image'")
             check_text(it.text, s, f"items[{i}].text")
             rows.append({"id": it.id, "key": item_key(it.id, it.text), "text": it.text, "metadata": it.metadata})
@@ -149,6 +152,21 @@ async def add_items(name: str, body: GalleryAdd, svc: ServicesDep, tasks: Backgr
     added, replaced = await run_in_threadpool(svc.galleries.add, tbl, rows, space(svc, adapter), vecs)
     tasks.add_task(_maintain, svc, tbl)
     return GalleryChange(gallery=name, added=added, replaced=replaced, size=await run_in_threadpool(tbl.count_rows))
+
+
+async def video_rows(svc, body: GalleryAdd, adapter) -> tuple[list[dict], object]:
+    """A video gallery's new rows (frames sampled at video_num_frames, packed) and their ITC vectors."""
+    s = svc.settings
+    clips = []
+    for i, it in enumerate(body.items):
+        if it.video is None or it.image is not None or it.text is not None:
+            raise Unprocessable(f"items[{i}]: a video gallery takes 'video' (base64 file or frame list)")
+        clips.append(await videos.load_video(it.video, None, s, f"items[{i}].video"))
+    blobs = await run_in_threadpool(lambda: [videos.pack_frames(c) for c in clips])
+    rows = [{"id": it.id, "key": item_key(it.id, blob), "image": blob, "metadata": it.metadata}
+            for it, blob in zip(body.items, blobs)]
+    pixels = await run_in_threadpool(videos.video_pixels, svc.engine, clips)  # (n, F, 3, H, W)
+    return rows, await svc.engine.itc_images(pixels, adapter)
 
 
 async def _maintain(svc, tbl) -> None:

@@ -19,6 +19,8 @@ Batch keys: only requests with the same key share a call.
                   padding, so each answer equals the one its question gets alone
     vqa rank      ("rank",): questions and candidate lists of any length
     itc_image, itc_text, itm: one key (texts are padded and masked per call)
+    video         pixels (n, F, 3, H, W) run through the same batchers with ("video", F, key):
+                  videos of any adapters batch together, by frame count, apart from images
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class Engine:
 
     # -- request side (event loop) ----------------------------------------------------------
     async def _submit(self, batcher: str, rows: Rows, key=None):
+        if rows.pixels is not None and rows.pixels.dim() == 5:  # video (n, F, 3, H, W): equal F stacks
+            key = ("video", rows.pixels.shape[1], key)
         return await self.batchers[batcher].submit(rows, key=key, rows=rows.n, adapter=rows.adapter or FROZEN)
 
     async def caption(self, pixels, adapter, *, max_new_tokens=None, num_beams=None) -> str:
@@ -204,7 +208,7 @@ class Engine:
 
     def _itm_batch(self, items: list[Rows]) -> list:
         def compute(group, routing):
-            pv = self._stack([r.pixels.expand(r.n, -1, -1, -1) for r in group])
+            pv = self._stack([r.pixels.expand(r.n, *r.pixels.shape[1:]) for r in group])  # images or videos
             ids, mask = tasks.tokens(self.bb, [t for r in group for t in r.texts], self.settings.max_text_tokens)
             return _split(tasks.itm_logits(self.bb, pv, ids, mask, routing=routing), group)
 

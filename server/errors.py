@@ -36,6 +36,10 @@ class InvalidImage(ApiError):
     status, type = 400, "invalid_image"
 
 
+class InvalidVideo(ApiError):
+    status, type = 400, "invalid_video"
+
+
 class Unauthorized(ApiError):
     status, type = 401, "unauthorized"
 

@@ -2,12 +2,13 @@
 
     python -m server.galleries migrate OLD_DATA_DIR [--galleries URI]   # import <dir>/galleries/*/manifest.json
 
-A gallery table (its kind, "image" or "text", in the schema metadata):
+A gallery table (its kind, "image", "video" or "text", in the schema metadata):
 
     id        string                 the item's id (unique; re-adding it replaces the item)
     key       string                 sha256(id, content)[:24]: changes when the content does
     metadata  json                   the item's metadata object (filters read it: server/gallery_filter.py)
-    image     large_binary | text string   the item itself, PNG bytes or text, for ITM re-ranking
+    image     large_binary | text string   the item itself, PNG bytes (video: its sampled frames,
+                                     server/videos.py pack_frames) or text, for ITM re-ranking
     k__<adapter>__<h>, v__<adapter>__<h>   per vector space (adapter, its file version, backbone
                                      fingerprint -> h): the `key` the ITC vector (D float32) was computed from
 
@@ -169,7 +170,7 @@ class GalleryStore:
     # -- reads --------------------------------------------------------------------------------
     def missing(self, tbl, cols: tuple[str, str], chunk: int):
         """Batches (lists of row dicts with id, key and the content) lacking a current vector."""
-        content = "image" if self.kind(tbl) == "image" else "text"
+        content = "text" if self.kind(tbl) == "text" else "image"  # video: packed frames
         where = "true" if cols[0] not in tbl.schema.names else f"{q(cols[0])} IS NULL OR {q(cols[0])} != key"
         if tbl.count_rows(where) == 0:
             return
@@ -184,7 +185,7 @@ class GalleryStore:
         if cols[1] not in tbl.schema.names:
             return []
         pred = f"{q(cols[0])} = key" + (f" AND {where}" if where else "")
-        content = "image" if self.kind(tbl) == "image" else "text"
+        content = "text" if self.kind(tbl) == "text" else "image"  # video: packed frames
         s = (tbl.search(np.asarray(query, np.float32), vector_column_name=cols[1]).metric("cosine")
              .where(pred, prefilter=True).select(["id", "metadata", content, "_distance"]).limit(k))
         s = s.bypass_vector_index() if exact else s.nprobes(NPROBES).refine_factor(REFINE)

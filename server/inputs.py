@@ -1,7 +1,7 @@
 """Request bodies -> validated models and decoded images, off the event loop.
 
 /caption and /vqa take JSON (image as base64) or multipart/form-data (image as a
-file field named `image`; other fields as form fields, `candidates` repeated or
+file field named `image`, /vqa's video as one named `video`; other fields as form fields, `candidates` repeated or
 as a JSON list). Everything else takes JSON through FastAPI's own body parsing.
 """
 
@@ -35,8 +35,10 @@ def check_length(request: Request, settings: Settings) -> None:
         raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {settings.max_request_bytes}")
 
 
-async def read_task_body(request: Request, model: type[BaseModel], settings: Settings) -> tuple[BaseModel, bytes]:
-    """(validated body, raw image bytes) from JSON or multipart."""
+async def read_task_body(request: Request, model: type[BaseModel], settings: Settings,
+                         files: tuple[str, ...] = ("image",)) -> tuple[BaseModel, bytes | None]:
+    """(validated body, raw bytes of the image, or of the video file sent as multipart field
+    'video' when `files` allows it) from JSON or multipart."""
     check_length(request, settings)
     ctype = request.headers.get("content-type", "")
     image: bytes | None = None
@@ -49,17 +51,19 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
         try:
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
-                    if key != "image":
-                        raise Unprocessable(f"unexpected file field {key!r}; send the image as 'image'")
-                    image = await value.read(settings.max_image_bytes + 1)
-                    data["image"] = MULTIPART_IMAGE
+                    if key not in files:
+                        raise Unprocessable(f"unexpected file field {key!r}; send the file as "
+                                            f"{' or '.join(repr(f) for f in files)}")
+                    limit = settings.max_video_bytes if key == "video" else settings.max_image_bytes
+                    image = await value.read(limit + 1)  # the decoder refuses what is over the limit
+                    data[key] = MULTIPART_IMAGE
                 elif key == "candidates":
                     data.setdefault("candidates", []).extend(_candidates(value))
                 else:
                     data[key] = value
         finally:
             await form.close()  # spooled temp files
-        if isinstance(data.get("image"), str) and data["image"] != MULTIPART_IMAGE:
+        if not any(data.get(f) == MULTIPART_IMAGE for f in files):
             image = None  # a base64 string sent as a plain form field
     else:
         raw = await request.body()
@@ -77,9 +81,9 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
         body = model.model_validate(data)
     except ValidationError as exc:
         raise Unprocessable(_validation_message(exc)) from None
-    if image is None:
+    if image is None and getattr(body, "image", None) is not None:
         image = b64decode(body.image)
-    return body, image
+    return body, image  # image None: a JSON video (server/videos.py reads body.video)
 
 
 def _candidates(value: str) -> list[str]:

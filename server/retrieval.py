@@ -2,7 +2,8 @@
 by BLIP's score (`adapters.predict.rerank_score`, the one `training.evaluate` ranks by).
 
     text -> image   query text vs an image gallery, or inline images
-    image -> text   query image vs a text gallery, or inline texts
+    text -> video   query text vs a video gallery, or inline videos
+    image -> text   query image (or video) vs a text gallery, or inline texts
 
 Gallery vectors are kept per adapter (server/galleries.py: the vector lifecycle); a
 search with an adapter whose vectors are missing or stale (another adapter file,
@@ -19,6 +20,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from adapters import predict
+from server import videos
 from server.deps import Services
 from server.errors import NotFound, Unprocessable
 from server.gallery_filter import FilterError, compile_filter
@@ -36,6 +38,13 @@ def _png(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
+def stored_pixels(svc: Services, kind: str, blobs: list[bytes]):
+    """Stored gallery items -> pixels: images (n, 3, H, W); videos (n, F, 3, H, W)."""
+    if kind == "video":
+        return videos.video_pixels(svc.engine, [videos.unpack_frames(b) for b in blobs])
+    return svc.engine.pixels([_png(b) for b in blobs])
+
+
 def space(svc: Services, adapter: str | None) -> tuple[str, str]:
     """The gallery columns of `adapter`'s vectors on this backbone."""
     return space_columns(adapter or FROZEN, svc.registry.version(adapter), svc.backbone.fingerprint)
@@ -47,9 +56,8 @@ async def gallery_vectors(svc: Services, tbl, kind: str, adapter: str | None) ->
     batches = await run_in_threadpool(store.missing, tbl, cols, CHUNK)
     ids, keys, parts = [], [], []
     while (chunk := await run_in_threadpool(next, batches, None)) is not None:  # CHUNK rows in memory at a time
-        if kind == "image":
-            images = await run_in_threadpool(lambda: [_png(it["image"]) for it in chunk])
-            pixels = await run_in_threadpool(svc.engine.pixels, images)
+        if kind in ("image", "video"):
+            pixels = await run_in_threadpool(stored_pixels, svc, kind, [it["image"] for it in chunk])
             parts.append(await svc.engine.itc_images(pixels, adapter))
         else:
             parts.append(await svc.engine.itc_texts([it["text"] for it in chunk], adapter))
@@ -83,6 +91,25 @@ async def search_gallery(svc: Services, name: str, kind: str, adapter, query: np
     return await run_in_threadpool(svc.galleries.search, tbl, space(svc, adapter), query, top_k, where)
 
 
+async def gallery_kind(svc: Services, name: str, allowed: tuple[str, ...]) -> str:
+    """The gallery's kind (404 if absent; 422 if not one of `allowed`)."""
+    kind = svc.galleries.kind(await open_gallery(svc, name))
+    if kind not in allowed:
+        raise Unprocessable(f"gallery {name!r} holds {kind}s; this query needs a {' or '.join(allowed)} gallery")
+    return kind
+
+
+async def inline_pixels(svc: Services, req: RetrieveRequest):
+    """(kind, pixels) of a text query's inline candidates: images (n, 3, H, W) or videos (n, F, 3, H, W)."""
+    s = svc.settings
+    if req.images is not None:
+        images = [await load_b64_image(it.image, s, f"images[{i}].image") for i, it in enumerate(req.images)]
+        return "image", await run_in_threadpool(svc.engine.pixels, images)
+    clips = [await videos.load_video(it.video, req.num_frames, s, f"videos[{i}].video")
+             for i, it in enumerate(req.videos)]
+    return "video", await run_in_threadpool(videos.video_pixels, svc.engine, clips)
+
+
 def _top(sims: np.ndarray, k: int) -> list[int]:
     k = min(k, sims.shape[0])
     top = np.argpartition(-sims, k - 1)[:k]
@@ -93,7 +120,7 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
     s = svc.settings
     if req.top_k > s.max_top_k:
         raise Unprocessable(f"top_k: {req.top_k} is over the limit of {s.max_top_k}")
-    inline = req.images or req.texts or []
+    inline = req.images or req.videos or req.texts or []
     if len(inline) > s.max_inline_items:
         raise Unprocessable(f"{len(inline)} inline items is over the limit of {s.max_inline_items}")
     if len({it.id for it in inline}) != len(inline):
@@ -109,27 +136,31 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
     adapter = svc.registry.resolve("retrieve", req.adapter)
     engine = svc.engine
 
-    if req.text is not None:  # text -> image
+    if req.text is not None:  # text -> image or video
         check_text(req.text, s, "text")
         query = (await engine.itc_texts([req.text], adapter))[0]
         if req.gallery is not None:
-            found = await search_gallery(svc, req.gallery, "image", adapter, query, req.top_k, where)
-            images = await run_in_threadpool(lambda: [_png(it["image"]) for it, _ in found])
+            kind = await gallery_kind(svc, req.gallery, ("image", "video"))
+            found = await search_gallery(svc, req.gallery, kind, adapter, query, req.top_k, where)
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
-            pixels = await run_in_threadpool(engine.pixels, images) if images else None
+            blobs = [it["image"] for it, _ in found]
+            pixels = await run_in_threadpool(stored_pixels, svc, kind, blobs) if blobs else None
         else:
-            images = [await load_b64_image(it.image, s, f"images[{i}].image") for i, it in enumerate(req.images)]
-            all_px = await run_in_threadpool(engine.pixels, images)
+            kind, all_px = await inline_pixels(svc, req)
+            items = req.images or req.videos
             sims = (await engine.itc_images(all_px, adapter)) @ query
             top = _top(sims, req.top_k)
-            cands = [(req.images[i].id, float(sims[i]), None) for i in top]
+            cands = [(items[i].id, float(sims[i]), None) for i in top]
             pixels = all_px[top]
         if req.rerank and cands:
             scores = await engine.itm(pixels, [req.text] * len(cands), adapter)
-        direction = "text_to_image"
-    else:  # image -> text
-        image = await load_b64_image(req.image, s, "image")
-        pixels = await run_in_threadpool(engine.pixels, [image])
+        direction = f"text_to_{kind}"
+    else:  # image or video -> text
+        if req.video is not None:
+            pixels = await videos.pixels_of(svc, req.video, req.num_frames)  # (1, F, 3, H, W)
+        else:
+            image = await load_b64_image(req.image, s, "image")
+            pixels = await run_in_threadpool(engine.pixels, [image])
         query = (await engine.itc_images(pixels, adapter))[0]
         if req.gallery is not None:
             found = await search_gallery(svc, req.gallery, "text", adapter, query, req.top_k, where)
@@ -144,7 +175,7 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             texts = [req.texts[i].text for i in top]
         if req.rerank and cands:
             scores = await engine.itm(pixels, texts, adapter)
-        direction = "image_to_text"
+        direction = "video_to_text" if req.video is not None else "image_to_text"
 
     if req.rerank and cands:  # `scores`: ITM logits (k, 2) of the ITC top-k
         scores = predict.rerank_score(scores, np.array([itc for _, itc, _ in cands], dtype=np.float32))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from server import retrieval
+from server import retrieval, videos
 from server.deps import ServicesDep, require_api_key
 from server.errors import Unprocessable
 from server.inputs import check_text, load_image, read_task_body
@@ -18,7 +18,8 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["tasks"])
 def _body_doc(model) -> dict:
     """OpenAPI for routes that read JSON or multipart themselves."""
     schema = model.model_json_schema()
-    form = {**schema, "properties": {**schema["properties"], "image": {"type": "string", "format": "binary"}}}
+    files = {f: {"type": "string", "format": "binary"} for f in ("image", "video") if f in schema["properties"]}
+    form = {**schema, "properties": {**schema["properties"], **files}}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema},
                                                           "multipart/form-data": {"schema": form}}}}
 
@@ -47,11 +48,11 @@ async def caption(request: Request, svc: ServicesDep) -> CaptionResponse:
 
 @router.post("/vqa", response_model=VqaResponse, response_model_exclude_none=True, openapi_extra=_body_doc(VqaRequest))
 async def vqa(request: Request, svc: ServicesDep) -> VqaResponse:
-    """Answer a question about an image (beam search, by default 3 beams and at most 10
-    tokens); with `candidates`, rank them by log-likelihood instead."""
+    """Answer a question about an image or a video (beam search, by default 3 beams and at
+    most 10 tokens); with `candidates`, rank them by log-likelihood instead."""
     s = svc.settings
     svc.require_task("vqa")
-    body, raw = await read_task_body(request, VqaRequest, s)
+    body, raw = await read_task_body(request, VqaRequest, s, files=("image", "video"))
     check_text(body.question, s, "question")
     _check_generation(body, s)
     if body.candidates is not None:
@@ -65,8 +66,11 @@ async def vqa(request: Request, svc: ServicesDep) -> VqaResponse:
         if len(set(body.candidates)) != len(body.candidates):
             raise Unprocessable("candidates: must be unique")
     adapter = svc.registry.resolve("vqa", body.adapter)
-    image = await load_image(raw, s)
-    pixels = await run_in_threadpool(svc.engine.pixels, [image])
+    if body.video is not None:  # (1, F, 3, H, W); a multipart file arrived as `raw`
+        pixels = await videos.pixels_of(svc, raw if raw is not None else body.video, body.num_frames)
+    else:
+        image = await load_image(raw, s)
+        pixels = await run_in_threadpool(svc.engine.pixels, [image])
     ids = await run_in_threadpool(svc.engine.question_ids, body.question)
     if body.candidates is None:
         answer = await svc.engine.vqa(pixels, ids, adapter, max_new_tokens=body.max_new_tokens,

@@ -32,13 +32,27 @@ class CaptionResponse(BaseModel):
     adapter: str = Field(..., description="the adapter that served it ('none' = frozen backbone)")
 
 
+VIDEO_DOC = ("video: base64 of a video file (MP4, WebM, GIF) or a list of base64 frames; sampled uniformly "
+             "to num_frames")
+
+
 class VqaRequest(Body):
-    image: str
+    image: str | None = Field(None, description="base64 image; give exactly one of image or video")
+    video: str | list[str] | None = Field(None, description=VIDEO_DOC)
+    num_frames: int | None = Field(None, ge=1, description="video frames sampled (default: the server's)")
     question: str = Field(..., min_length=1)
     adapter: str | None = None
     candidates: list[str] | None = Field(None, min_length=1, description="rank these answers instead of generating")
     max_new_tokens: int | None = Field(None, ge=1, description="answer length limit in tokens; default 10")
     num_beams: int | None = Field(None, ge=1, description="beam width; default 3 (1 = greedy)")
+
+    @model_validator(mode="after")
+    def _image_or_video(self):
+        if (self.image is None) == (self.video is None):
+            raise ValueError("give exactly one of 'image' or 'video'")
+        if self.num_frames is not None and self.video is None:
+            raise ValueError("num_frames: applies to a video")
+        return self
 
 
 class VqaResponse(BaseModel):
@@ -52,19 +66,27 @@ class InlineImage(Body):
     image: str
 
 
+class InlineVideo(Body):
+    id: str = Field(..., min_length=1, max_length=200)
+    video: str | list[str] = Field(..., description=VIDEO_DOC)
+
+
 class InlineText(Body):
     id: str = Field(..., min_length=1, max_length=200)
     text: str = Field(..., min_length=1)
 
 
 class RetrieveRequest(Body):
-    """Text -> image: `text` with `gallery` (an image gallery) or `images`.
-    Image -> text: `image` with `texts` or `gallery` (a text gallery)."""
+    """Text -> image/video: `text` with `gallery` (an image or video gallery), `images` or `videos`.
+    Image/video -> text: `image` or `video` with `texts` or `gallery` (a text gallery)."""
 
     text: str | None = Field(None, min_length=1)
     image: str | None = None
+    video: str | list[str] | None = Field(None, description=VIDEO_DOC)
+    num_frames: int | None = Field(None, ge=1, description="frames sampled from each video of the request")
     gallery: str | None = None
     images: list[InlineImage] | None = Field(None, min_length=1)
+    videos: list[InlineVideo] | None = Field(None, min_length=1)
     texts: list[InlineText] | None = Field(None, min_length=1)
     top_k: int = Field(5, ge=1, description="results returned (and ITM re-ranked)")
     adapter: str | None = None
@@ -75,13 +97,16 @@ class RetrieveRequest(Body):
 
     @model_validator(mode="after")
     def _one_direction(self):
-        if (self.text is None) == (self.image is None):
-            raise ValueError("give exactly one query: 'text' (text->image) or 'image' (image->text)")
-        if self.text is not None and (self.gallery is None) == (self.images is None):
-            raise ValueError("a text query needs exactly one of 'gallery' (image gallery) or 'images'")
-        if self.image is not None and (self.gallery is None) == (self.texts is None):
-            raise ValueError("an image query needs exactly one of 'gallery' (text gallery) or 'texts'")
-        if self.text is not None and self.texts is not None or self.image is not None and self.images is not None:
+        if sum(q is not None for q in (self.text, self.image, self.video)) != 1:
+            raise ValueError("give exactly one query: 'text' (text->image/video), 'image' (image->text) "
+                             "or 'video' (video->text)")
+        if self.text is not None and sum(x is not None for x in (self.gallery, self.images, self.videos)) != 1:
+            raise ValueError("a text query needs exactly one of 'gallery' (image or video gallery), 'images' "
+                             "or 'videos'")
+        if self.text is None and (self.gallery is None) == (self.texts is None):
+            raise ValueError(f"an {'image' if self.image is not None else 'video'} query needs exactly one of "
+                             "'gallery' (text gallery) or 'texts'")
+        if self.text is not None and self.texts is not None or self.text is None and (self.images or self.videos):
             raise ValueError("inline items must be of the other modality than the query")
         return self
 
@@ -97,19 +122,20 @@ class Hit(BaseModel):
 class RetrieveResponse(BaseModel):
     results: list[Hit]
     adapter: str
-    direction: Literal["text_to_image", "image_to_text"]
+    direction: Literal["text_to_image", "image_to_text", "text_to_video", "video_to_text"]
 
 
 # -- galleries --------------------------------------------------------------------
 class GalleryCreate(Body):
     name: str = Field(..., pattern=NAME_PATTERN)
-    kind: Literal["image", "text"] = "image"
+    kind: Literal["image", "text", "video"] = "image"
 
 
 class GalleryItem(Body):
     id: str = Field(..., min_length=1, max_length=200)
     image: str | None = None
     text: str | None = Field(None, min_length=1)
+    video: str | list[str] | None = Field(None, description=VIDEO_DOC + " (the server's video_num_frames)")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -124,7 +150,7 @@ class GalleryDeleteItems(Body):
 
 class GalleryInfo(BaseModel):
     name: str
-    kind: Literal["image", "text"]
+    kind: Literal["image", "text", "video"]
     size: int
     adapters: list[str] = Field(..., description="adapters whose ITC vectors are stored")
     index: Literal["exact", "ivf_pq"] = Field(..., description="ivf_pq once any adapter's vectors are indexed")

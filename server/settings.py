@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     max_beams_limit: int = Field(8, ge=1)
     max_top_k: int = Field(100, ge=1)
 
+    # -- video (server/videos.py) -------------------------------------------------------
+    video_num_frames: int = Field(8, ge=1, description="frames sampled when a request gives no num_frames; "
+                                                       "gallery videos are stored at this count")
+    max_video_num_frames: int = Field(16, ge=1, description="num_frames limit per request")
+    max_video_bytes: int = Field(50 * 2**20, ge=64, description="a video file's bytes")
+    max_video_seconds: float = Field(120.0, gt=0, description="a video file's duration")
+    max_video_pixels: int = Field(1920 * 1080, ge=1, description="width*height of one frame")
+    max_video_file_frames: int = Field(10_000, ge=1, description="frames in a video file (whatever its duration)")
+    max_video_list_frames: int = Field(64, ge=1, description="base64 frames in a JSON frame list")
+
     # -- galleries --------------------------------------------------------------------
     galleries: str | None = Field(None, description="LanceDB URI of the gallery store: a directory, s3://, gs://, "
                                                     "az://; shared by replicas; None = <data>/lancedb")

@@ -76,6 +76,9 @@ def decode_video(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits
                     break
     except VideoError:
         raise
+    except EOFError:  # FFmpeg reached the end while probing: not one frame in the file
+        raise VideoError(f"{field}: zero frames: the file ends before its first frame (an empty stream, or "
+                         "cut short)") from None
     except (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError) as exc:
         raise VideoError(f"{field}: corrupt or truncated video ({type(exc).__name__}: {exc})") from None
     if last is None:
@@ -105,16 +108,19 @@ def _count_frames(av, data: bytes, limits: VideoLimits, field: str) -> tuple[int
             raise VideoError(f"{field}: {container.duration / 1e6:.1f} s is over the limit of {limits.max_seconds:g} s",
                              too_large=True)
         n, end = 0, 0.0
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's flush packet
-                continue
-            n += 1
-            if packet.pts is not None and packet.time_base is not None:
-                end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
-            if end > limits.max_seconds:
-                raise VideoError(f"{field}: longer than the limit of {limits.max_seconds:g} s", too_large=True)
-            if n > limits.max_frames:
-                raise VideoError(f"{field}: more than {limits.max_frames} frames", too_large=True)
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the demuxer's flush packet
+                    continue
+                n += 1
+                if packet.pts is not None and packet.time_base is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+                if end > limits.max_seconds:
+                    raise VideoError(f"{field}: longer than the limit of {limits.max_seconds:g} s", too_large=True)
+                if n > limits.max_frames:
+                    raise VideoError(f"{field}: more than {limits.max_frames} frames", too_large=True)
+        except EOFError:  # a stream cut short: the frames before the cut count (n == 0: refused below)
+            pass
         if n == 0:
             raise VideoError(f"{field}: the video stream has zero frames")
         return n, 0  # the first video stream (index into container.streams.video)
