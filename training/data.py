@@ -4,7 +4,12 @@
     vqa        [{"question_id": ..., "image": path, "question": str, "answer": [str, ...]}]
     retrieval  [{"image": path, "caption": [str, ...], ...}]        (extra keys are ignored)
 
-Image paths are relative to an image root. Items are plain tuples; a collate turns
+Video sets in LAVIS's formats are the same with a "video" key instead of "image" (detected
+per file, `media_key`): MSRVTT-QA [{"question_id", "video", "question", "answer": str}],
+DiDeMo / MSRVTT retrieval [{"video", "caption": str | [str, ...], ...}]. Each video becomes
+`num_frames` uniformly sampled frames (pixels (B, F, 3, H, W)), decoded once and cached.
+
+Image (and video) paths are relative to an image root. Items are plain tuples; a collate turns
 a list of them into tensors with the backbone's processor (images through its image
 processor, texts through its tokenizer), so real BLIP data and the shapes world go
 through the same code. Images are decoded once and their pixels cached per dataset.
@@ -24,9 +29,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from adapters.backbone.frames import VideoError, VideoLimits, decode_video
 from adapters.backbone.tasks import CAPTION_PROMPT
 
 MAX_TEXT_LEN = 40  # tokens; the world's longest text is ~15, BLIP uses 30-35 for COCO
+DEFAULT_FRAMES = 8  # video frames sampled per clip (BLIP's video transfer and the server's default)
 
 
 def load_json(path: str | os.PathLike) -> list[dict]:
@@ -53,24 +60,63 @@ class ImageStore:
         return torch.stack([self._cache[p] for p in paths])
 
 
+class VideoStore:
+    """Decodes each video once (`adapters.backbone.frames`: the server's uniform sampling) and
+    caches its pixels; `pixels(paths)` -> (B, F, 3, H, W) float32 from the processor."""
+
+    # training reads the user's own files: only bytes that do not decode are refused
+    LIMITS = VideoLimits(max_bytes=2**40, max_pixels=2**26, max_seconds=24 * 3600.0, max_frames=10**8)
+
+    def __init__(self, root: str | os.PathLike, image_processor, num_frames: int):
+        self.root = Path(root)
+        self.image_processor = image_processor
+        self.num_frames = num_frames
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def pixels(self, paths: list[str]) -> torch.Tensor:
+        for p in dict.fromkeys(paths):
+            if p not in self._cache:
+                try:
+                    frames = decode_video((self.root / p).read_bytes(), self.num_frames, self.LIMITS, field=p)
+                except VideoError as exc:
+                    raise ValueError(f"{self.root / p}: {exc}") from None
+                self._cache[p] = self.image_processor(frames, return_tensors="pt")["pixel_values"]  # (F, 3, H, W)
+        return torch.stack([self._cache[p] for p in paths])
+
+
+def media_key(entries: list[dict]) -> str:
+    """"video" when the annotations name videos (MSRVTT-QA, DiDeMo, MSRVTT retrieval), else "image"."""
+    kinds = {"video" if "video" in e else "image" for e in entries}
+    if len(kinds) > 1:
+        raise ValueError("annotation entries mix 'image' and 'video' items; use one kind per file")
+    return kinds.pop()
+
+
 def _tokens(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     enc = tokenizer(texts, padding="longest", truncation=True, max_length=MAX_TEXT_LEN, return_tensors="pt")
     return enc.input_ids, enc.attention_mask
 
 
 class _Base(Dataset):
-    def __init__(self, entries: list[dict], image_root: str | os.PathLike):
+    """`media` is "image" or "video" (entries' key, `media_key`); video items become
+    `num_frames` uniformly sampled frames, pixels (B, F, 3, H, W) that every task function
+    takes like images (adapters/backbone/tasks.py: BLIP's video transfer)."""
+
+    def __init__(self, entries: list[dict], image_root: str | os.PathLike, num_frames: int = DEFAULT_FRAMES):
         self.entries = entries
         self.image_root = Path(image_root)
-        self.store: ImageStore | None = None
+        self.media = media_key(entries)
+        self.num_frames = num_frames
+        self.store: ImageStore | VideoStore | None = None
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike, image_root: str | os.PathLike):
-        return cls(load_json(path), image_root)
+    def from_json(cls, path: str | os.PathLike, image_root: str | os.PathLike, num_frames: int = DEFAULT_FRAMES):
+        return cls(load_json(path), image_root, num_frames)
 
     def _pixels(self, paths: list[str], processor) -> torch.Tensor:
         if self.store is None or self.store.image_processor is not processor.image_processor:
-            self.store = ImageStore(self.image_root, processor.image_processor)
+            self.store = (VideoStore(self.image_root, processor.image_processor, self.num_frames)
+                          if self.media == "video" else ImageStore(self.image_root, processor.image_processor))
         return self.store.pixels(paths)
 
 
@@ -78,11 +124,11 @@ class CaptionDataset(_Base):
     """One item per (image, caption) entry. Collate: the decoder input is the prompt
     plus the caption; `prompt_len` tokens ([CLS] + prompt) are masked from the loss."""
 
-    def __init__(self, entries, image_root, prompt: str = CAPTION_PROMPT):
-        super().__init__(entries, image_root)
+    def __init__(self, entries, image_root, num_frames: int = DEFAULT_FRAMES, prompt: str = CAPTION_PROMPT):
+        super().__init__(entries, image_root, num_frames)
         for e in entries:
-            if not isinstance(e.get("caption"), str) or "image" not in e:
-                raise ValueError(f"caption entries need 'image' and a string 'caption': {e}")
+            if not isinstance(e.get("caption"), str) or self.media not in e:
+                raise ValueError(f"caption entries need '{self.media}' and a string 'caption': {e}")
         self.prompt = prompt
 
     def __len__(self):
@@ -90,7 +136,7 @@ class CaptionDataset(_Base):
 
     def __getitem__(self, i):
         e = self.entries[i]
-        return e["image"], e["caption"]
+        return e[self.media], e["caption"]
 
     def collate(self, items, processor) -> dict:
         paths, captions = zip(*items)
@@ -103,7 +149,7 @@ class CaptionDataset(_Base):
         """Evaluation view: unique image paths in first-seen order, and their captions."""
         refs: dict[str, list[str]] = {}
         for e in self.entries:
-            refs.setdefault(e["image"], []).append(e["caption"])
+            refs.setdefault(e[self.media], []).append(e["caption"])
         return list(refs), refs
 
 
@@ -121,11 +167,12 @@ class VQADataset(_Base):
     flattened distinct answers with `answer_rows` (which question each belongs to)
     and `answer_weight` (its frequency), as BLIP's VQA fine-tuning does."""
 
-    def __init__(self, entries, image_root):
-        super().__init__(entries, image_root)
+    def __init__(self, entries, image_root, num_frames: int = DEFAULT_FRAMES):
+        super().__init__(entries, image_root, num_frames)
         for e in entries:
-            if not isinstance(e.get("question"), str) or not e.get("answer") or "image" not in e:
-                raise ValueError(f"vqa entries need 'image', 'question' and a non-empty 'answer' list: {e}")
+            if not isinstance(e.get("question"), str) or not e.get("answer") or self.media not in e:
+                raise ValueError(f"vqa entries need '{self.media}', 'question' and a non-empty 'answer' "
+                                 f"(a list, or one string as in MSRVTT-QA): {e}")
 
     def __len__(self):
         return len(self.entries)
@@ -133,7 +180,7 @@ class VQADataset(_Base):
     def __getitem__(self, i):
         e = self.entries[i]
         answers = e["answer"] if isinstance(e["answer"], list) else [e["answer"]]
-        return e["image"], e["question"], answers
+        return e[self.media], e["question"], answers
 
     def collate(self, items, processor) -> dict:
         paths, questions, answer_lists = zip(*items)
@@ -155,14 +202,14 @@ class RetrievalDataset(_Base):
     pairs of the same image count as positives of each other (BLIP's retrieval recipe).
     Evaluation view: `gallery()` -> images, texts, text->image and image->texts maps."""
 
-    def __init__(self, entries, image_root):
-        super().__init__(entries, image_root)
+    def __init__(self, entries, image_root, num_frames: int = DEFAULT_FRAMES):
+        super().__init__(entries, image_root, num_frames)
         self.pairs: list[tuple[int, str]] = []
         for idx, e in enumerate(entries):
             caps = e.get("caption")
             caps = [caps] if isinstance(caps, str) else caps
-            if not caps or "image" not in e:
-                raise ValueError(f"retrieval entries need 'image' and a non-empty 'caption' list: {e}")
+            if not caps or self.media not in e:
+                raise ValueError(f"retrieval entries need '{self.media}' and a non-empty 'caption' list: {e}")
             self.pairs += [(idx, c) for c in caps]
 
     def __len__(self):
@@ -170,7 +217,7 @@ class RetrievalDataset(_Base):
 
     def __getitem__(self, i):
         idx, text = self.pairs[i]
-        return self.entries[idx]["image"], text, idx
+        return self.entries[idx][self.media], text, idx
 
     def collate(self, items, processor) -> dict:
         paths, texts, idx = zip(*items)
@@ -179,7 +226,7 @@ class RetrievalDataset(_Base):
                 "image_idx": torch.tensor(idx), "texts": list(texts)}
 
     def gallery(self) -> tuple[list[str], list[str], list[int], list[list[int]]]:
-        images = [e["image"] for e in self.entries]
+        images = [e[self.media] for e in self.entries]  # image (or video) paths
         texts = [t for _, t in self.pairs]
         txt2img = [i for i, _ in self.pairs]
         img2txt: list[list[int]] = [[] for _ in images]

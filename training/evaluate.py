@@ -4,6 +4,12 @@
         --adapter models/adapters/caption-vcra-qasn.safetensors --data world/caption_test.json --image-root world
     python -m training.evaluate --task retrieval --backbone models/blip-shapes --adapter none \
         --data world/retrieval_test.json --image-root world --k-test 16
+    python -m training.evaluate --task vqa --backbone models/blip-shapes --adapter vqa.safetensors \
+        --data msrvtt/qa_test.json --image-root msrvtt/videos --num-frames 8   # video: a "video" key
+
+Video sets (MSRVTT-QA, DiDeMo, MSRVTT retrieval in LAVIS's JSON) are recognised by their
+"video" key: each clip is --num-frames uniformly sampled frames, run as the server runs a
+video request. VQA accuracy on a single-answer set (MSRVTT-QA) is exact match.
 
 Prints one JSON object: the task's metrics (caption BLEU@4 and CIDEr, x100; VQA accuracy;
 retrieval R@1/5/10 both ways, ITC top-k re-ranked by ITM as BLIP does) and the
@@ -39,7 +45,7 @@ from tqdm import tqdm
 
 from adapters import predict, tasks
 from adapters.runtime.routing import routed
-from training.data import DATASETS, MAX_TEXT_LEN, CaptionDataset, RetrievalDataset, VQADataset, load_json, tokens
+from training.data import DATASETS, DEFAULT_FRAMES, MAX_TEXT_LEN, CaptionDataset, RetrievalDataset, VQADataset, load_json, tokens
 from training.metrics import caption_scores, recall_at_k, vqa_accuracy
 
 Route = Callable[[int], Any]  # batch size -> the routing for a call of that many rows
@@ -193,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help="backbone directory (config.json, weights, processor)")
     p.add_argument("--adapter", required=True, help="adapter .safetensors file, or 'none' for the frozen backbone")
     p.add_argument("--data", required=True, help="annotation JSON in the BLIP/LAVIS format of --task")
-    p.add_argument("--image-root", required=True, help="directory the JSON's image paths are relative to")
+    p.add_argument("--image-root", required=True, help="directory the JSON's image (or video) paths are relative to")
+    p.add_argument("--num-frames", type=int, default=DEFAULT_FRAMES,
+                   help="video sets (entries with a 'video' key): frames sampled uniformly per clip")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N entries (quick checks)")
     p.add_argument("--batch-size", type=int, default=64, help="images (or questions) per forward call")
     p.add_argument("--num-beams", type=int, default=None,
@@ -214,7 +222,7 @@ def main(argv: list[str]) -> dict:
     t0 = time.perf_counter()
     bb = Backbone.from_dirs(args.backbone)
     model, route, n_params, info = load_for_eval(bb, args.adapter)
-    ds = DATASETS[args.task](load_json(args.data)[: args.limit], args.image_root)
+    ds = DATASETS[args.task](load_json(args.data)[: args.limit], args.image_root, args.num_frames)
     kwargs = {"batch_size": args.batch_size, "precision": args.precision, "progress": not args.no_progress}
     if args.task == "retrieval":
         kwargs["k_test"] = args.k_test

@@ -5,6 +5,8 @@
         --out models/adapters/vqa.safetensors
     torchrun --nproc_per_node=2 -m training.fit --task caption ...   # DDP (gloo on CPU, NCCL on GPU)
     python -m training.fit ... --resume     # after a crash / kill: continues exactly
+    python -m training.fit --task vqa --train msrvtt/qa_train.json --val msrvtt/qa_val.json \
+        --image-root msrvtt/videos --num-frames 8 ...     # video: entries with a "video" key
 
 Recipes: caption = BLIP's LM loss, prompt masked; vqa = BLIP's answer LM weighted by
 answer frequency; retrieval = ITC + ITM with hard negatives, + MCAM (UniTrans) by
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from training import adapters_io, losses
-from training.data import DATASETS, load_json
+from training.data import DATASETS, DEFAULT_FRAMES, load_json
 from training.evaluate import MAIN_METRIC, evaluate
 from training.loop import LoopConfig, train
 
@@ -46,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help="backbone directory (config.json, weights, processor)")
     p.add_argument("--train", required=True, help="training annotations (BLIP/LAVIS JSON of --task)")
     p.add_argument("--val", required=True, help="validation annotations, evaluated after training")
-    p.add_argument("--image-root", required=True, help="directory the JSONs' image paths are relative to")
+    p.add_argument("--image-root", required=True, help="directory the JSONs' image (or video) paths are relative to")
+    p.add_argument("--num-frames", type=int, default=DEFAULT_FRAMES,
+                   help="video sets (entries with a 'video' key): frames sampled uniformly per clip")
     p.add_argument("--out", required=True,
                    help="adapter file to write (.safetensors); for --kind full a backbone directory")
     p.add_argument("--rank", type=int, default=16,
@@ -98,7 +102,7 @@ def recipe_of(args, world: int, lr: float, mcam: bool) -> dict:
             "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "world_size": world, "precision": args.precision,
             "train_limit": args.train_limit, "weight_decay": args.weight_decay, "warmup": args.warmup,
             "mcam": mcam, "mcam_tau": args.mcam_tau, "itc_temp": args.itc_temp, "train_ab": args.train_ab,
-            "train": str(args.train), "backbone": str(args.backbone)}
+            "train": str(args.train), "backbone": str(args.backbone), "num_frames": args.num_frames}
 
 
 def main(argv: list[str]) -> dict:
@@ -117,7 +121,7 @@ def main(argv: list[str]) -> dict:
         adapter = adapters_io.new_adapter(args.kind, bb, task=args.task, rank=args.rank, seed=args.seed,
                                           train_ab=args.train_ab)
         adapter.to(device)
-        ds = DATASETS[args.task](load_json(args.train)[: args.train_limit], args.image_root)
+        ds = DATASETS[args.task](load_json(args.train)[: args.train_limit], args.image_root, args.num_frames)
         cfg = LoopConfig(task=args.task, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                          weight_decay=args.weight_decay, warmup=args.warmup, precision=args.precision,
                          seed=args.seed, log_every=args.log_every, ckpt_every=args.ckpt_every, max_steps=args.max_steps,
@@ -128,7 +132,7 @@ def main(argv: list[str]) -> dict:
         ckpt_path = Path(args.ckpt) if args.ckpt else out.with_name(out.name + ".ckpt.pt")
         if rank == 0:
             out.parent.mkdir(parents=True, exist_ok=True)
-        val = DATASETS[args.task](load_json(args.val)[: args.val_limit], args.image_root)
+        val = DATASETS[args.task](load_json(args.val)[: args.val_limit], args.image_root, args.num_frames)
 
         def validate() -> dict:
             metrics = evaluate(args.task, *adapters_io.live(bb, adapter), val, progress=not args.no_progress)
