@@ -30,7 +30,7 @@ from docs import runner
 
 REPO = runner.REPO
 # document -> the headings whose ```bash / ```python blocks run, in order
-DOCUMENTS = {"README.md": ["Use it"], "docs/serving.md": ["Requests (curl)", "Client and CLI"]}
+DOCUMENTS = {"README.md": ["Use it"], "docs/serving.md": ["Requests (curl)", "Video", "Client and CLI"]}
 SCREENSHOT = REPO / "docs" / "demo.png"
 DEMO_QUESTION, DEMO_CANDIDATES = "what colour is the circle ?", ["red", "blue", "green"]
 REGENERATE = ".venv/bin/python -m docs.examples"
