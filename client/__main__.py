@@ -3,6 +3,7 @@
     python -m client caption cat.png [--adapter NAME] [--beams 3]
     python -m client vqa cat.png "what colour is the circle?" [--beams 1] [--max-new-tokens 5]
     python -m client vqa cat.png "what colour is the circle?" --candidates red blue
+    python -m client vqa clip.mp4 "what colour is the circle?" --video --num-frames 8
     python -m client retrieve --text "a red circle" --gallery shapes [--top-k 5]
     python -m client retrieve --image cat.png --texts "a cat" "a dog"
     python -m client gallery create shapes | add shapes a.png b.png | list | delete shapes
@@ -39,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=int, help="caption length limit in tokens")
 
     v = sub.add_parser("vqa", help="answer a question about an image")
-    v.add_argument("image", help="image file")
+    v.add_argument("image", help="image file (with --video: a video file, MP4/WebM/GIF)")
     v.add_argument("question", help="the question")
+    v.add_argument("--video", action="store_true", help="the file is a video, sampled to --num-frames frames")
+    v.add_argument("--num-frames", type=int, help="video frames sampled (server default 8)")
     v.add_argument("--adapter", help="adapter name")
     v.add_argument("--candidates", nargs="+", help="rank these answers instead of generating")
     v.add_argument("--beams", type=int, help="beam count (server default 3; 1 = greedy)")
@@ -50,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = r.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="text query (searches images)")
     q.add_argument("--image", help="image query file (searches texts)")
+    q.add_argument("--video", help="video query file (searches texts)")
     r.add_argument("--gallery", help="gallery to search")
     r.add_argument("--images", nargs="+", help="inline image files to search (ids = file names)")
+    r.add_argument("--videos", nargs="+", help="inline video files to search (ids = file names)")
+    r.add_argument("--num-frames", type=int, help="video frames sampled (server default 8)")
     r.add_argument("--texts", nargs="+", help="inline texts to search (ids = t0, t1, ...)")
     r.add_argument("--top-k", type=int, default=5, help="results to return")
     r.add_argument("--adapter", help="adapter name")
@@ -61,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     gs = g.add_subparsers(dest="action", required=True)
     gc = gs.add_parser("create", help="create a gallery")
     gc.add_argument("name", help="gallery name")
-    gc.add_argument("--kind", choices=["image", "text"], default="image", help="what it holds")
+    gc.add_argument("--kind", choices=["image", "text", "video"], default="image", help="what it holds")
     ga = gs.add_parser("add", help="add image files (ids = file names) or --texts")
     ga.add_argument("name", help="gallery name")
-    ga.add_argument("files", nargs="*", help="image files")
+    ga.add_argument("files", nargs="*", help="image files (video files for a video gallery, with --videos)")
+    ga.add_argument("--videos", action="store_true", help="the files are videos")
     ga.add_argument("--texts", nargs="+", help="texts (ids = t0, t1, ... unless given as id=text)")
     gs.add_parser("list", help="list galleries")
     gd = gs.add_parser("delete", help="delete a gallery")
@@ -91,18 +98,21 @@ def run(args, c: Client):
     if args.command == "caption":
         return c.caption(args.image, adapter=args.adapter, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     if args.command == "vqa":
-        return c.vqa(args.image, args.question, adapter=args.adapter, candidates=args.candidates,
-                     num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+        media = {"image": None, "video": args.image} if args.video else {"image": args.image}
+        return c.vqa(question=args.question, **media, num_frames=args.num_frames, adapter=args.adapter,
+                     candidates=args.candidates, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     if args.command == "retrieve":
         images = {Path(f).name: f for f in args.images} if args.images else None
-        return c.retrieve(text=args.text, image=args.image, gallery=args.gallery, images=images,
+        videos = {Path(f).name: f for f in args.videos} if args.videos else None
+        return c.retrieve(text=args.text, image=args.image, video=args.video, videos=videos,
+                          num_frames=args.num_frames, gallery=args.gallery, images=images,
                           texts=_texts(args.texts) if args.texts else None, top_k=args.top_k,
                           adapter=args.adapter, rerank=not args.no_rerank)
     if args.command == "gallery":
         if args.action == "create":
             return c.create_gallery(args.name, args.kind)
         if args.action == "add":
-            items = [{"id": Path(f).name, "image": f} for f in args.files]
+            items = [{"id": Path(f).name, "video" if args.videos else "image": f} for f in args.files]
             items += [{"id": k, "text": v} for k, v in _texts(args.texts or []).items()]
             return c.add_items(args.name, items)
         if args.action == "list":

@@ -139,3 +139,32 @@ def test_bad_video_is_a_clear_4xx_and_the_server_keeps_serving(url, case):
         assert r.status_code == status and r.json()["error"]["type"] == kind, (name, r.text)
     with Client(url) as c:  # still serving
         assert c.vqa(None, "is there a star ?", video=gif(CLIP))["answer"]
+
+
+def test_cli_sends_videos(url, tmp_path):
+    from client.__main__ import main as cli
+
+    clip = tmp_path / "clip.gif"
+    clip.write_bytes(gif(CLIP))
+    assert cli(["--url", url, "vqa", str(clip), "what colour is the circle ?", "--video", "--num-frames", "2"]) == 0
+    assert cli(["--url", url, "gallery", "create", "cli-clips", "--kind", "video"]) == 0
+    assert cli(["--url", url, "gallery", "add", "cli-clips", str(clip), "--videos"]) == 0
+    assert cli(["--url", url, "retrieve", "--video", str(clip), "--texts", "one red circle", "two"]) == 0
+    with Client(url) as c:
+        assert c.gallery("cli-clips")["size"] == 1
+
+
+def test_video_gallery_persists_across_a_restart(tmp_path):
+    clips = {"red": mp4(moving_square_frames(8, colour=(220, 30, 30))),
+             "blue": gif(moving_square_frames(8, colour=(30, 30, 220), seed=2))}
+    with running_server(data=tmp_path, **LIMITS) as u, Client(u) as c:
+        c.create_gallery("kept", kind="video")
+        c.add_items("kept", [{"id": k, "video": v} for k, v in clips.items()])
+        before = c.retrieve(text="a red circle", gallery="kept", top_k=2)["results"]
+    with running_server(data=tmp_path, **LIMITS) as u, Client(u) as c:
+        info = c.gallery("kept")
+        assert info["kind"] == "video" and info["size"] == 2 and info["adapters"] == ["retrieval"]
+        after = c.retrieve(text="a red circle", gallery="kept", top_k=2)["results"]
+        other = c.retrieve(text="a red circle", gallery="kept", top_k=2, adapter="retrieval-b")["results"]
+    assert before == after  # stored frames and vectors, read back by a new process
+    assert {h["id"] for h in other} == {"red", "blue"}  # another adapter's vectors from the stored frames
