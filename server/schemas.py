@@ -108,6 +108,8 @@ class RetrieveRequest(Body):
                              "'gallery' (text gallery) or 'texts'")
         if self.text is not None and self.texts is not None or self.text is None and (self.images or self.videos):
             raise ValueError("inline items must be of the other modality than the query")
+        if self.num_frames is not None and self.video is None and self.videos is None:
+            raise ValueError("num_frames: applies to a video query or inline videos")
         return self
 
 

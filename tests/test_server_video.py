@@ -168,3 +168,49 @@ def test_video_gallery_persists_across_a_restart(tmp_path):
         other = c.retrieve(text="a red circle", gallery="kept", top_k=2, adapter="retrieval-b")["results"]
     assert before == after  # stored frames and vectors, read back by a new process
     assert {h["id"] for h in other} == {"red", "blue"}  # another adapter's vectors from the stored frames
+
+
+def test_concurrent_video_requests_of_mixed_adapters_and_frame_counts_match_one_by_one():
+    """Video VQA (generated and ranked) and video ITC/ITM, naming different adapters, with 2
+    and 4 frames, sent at once beside image requests: each answer equals the request alone,
+    and the video rows really shared batches."""
+    import asyncio
+    import re
+
+    from client import AsyncClient
+    from tests.test_server_mixed import _same
+
+    clips = [gif(moving_square_frames(6 + i, colour=c, seed=i)) for i, c in
+             enumerate([(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 220, 30)])]
+    adapters = [None, "none", "vqa", "vqa-b", "vqa-vlpet", "vqa-lora"]
+    reqs = []
+    for i in range(12):
+        clip, n = clips[i % 4], (2, 4)[i % 2]
+        reqs.append(("vqa", dict(image=None, question="what colour is the circle ?", video=clip, num_frames=n,
+                                 adapter=adapters[i % 6])))
+        if i % 3 == 0:
+            reqs.append(("vqa", dict(image=None, question="is there a star ?", video=clip, num_frames=n,
+                                     candidates=["yes", "no"], adapter=adapters[(i + 1) % 6])))
+            reqs.append(("vqa", dict(image=images(1, seed=i)[0], question="is there a star ?")))
+            reqs.append(("retrieve", dict(video=clip, num_frames=n, texts={"a": "red", "b": "two green triangles"},
+                                          adapter=["retrieval", "retrieval-b"][i % 2])))
+    with running_server(max_wait_ms=40, max_batch_size=16, **LIMITS) as u:
+        with Client(u) as c:
+            alone = [getattr(c, name)(**kw) for name, kw in reqs]
+
+        async def together():
+            async with AsyncClient(u) as ac:
+                return await asyncio.gather(*(getattr(ac, name)(**kw) for name, kw in reqs))
+
+        mixed = asyncio.run(together())
+        with Client(u) as c:
+            metrics = c.metrics()
+    for i, (a, m) in enumerate(zip(alone, mixed)):
+        _same(a, m, f"request {i} {reqs[i][0]}")
+    # adapters really change video answers (else equality proves little)
+    answers = {r["answer"] for (name, kw), r in zip(reqs, alone) if kw.get("video") and "candidates" not in kw}
+    assert len(answers) >= 3, answers
+    sums = {m.group(1): float(m.group(2)) for m in re.finditer(r'unitrans_batch_size_sum\{task="(\w+)"\} (\S+)', metrics)}
+    counts = {m.group(1): float(m.group(2))
+              for m in re.finditer(r'unitrans_batch_size_count\{task="(\w+)"\} (\S+)', metrics)}
+    assert sums["vqa"] / counts["vqa"] > 1.2, (sums, counts)
