@@ -215,3 +215,31 @@ def test_concurrent_video_requests_of_mixed_adapters_and_frame_counts_match_one_
     counts = {m.group(1): float(m.group(2))
               for m in re.finditer(r'unitrans_batch_size_count\{task="(\w+)"\} (\S+)', metrics)}
     assert sums["vqa"] / counts["vqa"] > 1.2, (sums, counts)
+
+
+def test_decoding_runs_off_the_model_worker(url, monkeypatch):
+    """A spy around the real decoder records its thread: the request pool, never 'unitrans-model'.
+    While a video decodes slowly, an image request is answered."""
+    import threading
+    import time
+
+    from server import videos
+
+    threads, real = [], videos.decode_video
+
+    def slow_spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        time.sleep(1.0)  # a long decode
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(videos, "decode_video", slow_spy)
+    with Client(url) as c:
+        done = {}
+        t = threading.Thread(target=lambda: done.setdefault("video", c.vqa(None, "is there a star ?", video=mp4(CLIP))))
+        t.start()
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        assert c.vqa(images(1)[0], "is there a star ?")["answer"]
+        assert time.perf_counter() - t0 < 0.8  # not queued behind the decode
+        t.join()
+    assert done["video"]["answer"] and threads and not any(n.startswith("unitrans-model") for n in threads)
