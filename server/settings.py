@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,13 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [p for p in text.split(",") if p] if text else []
         return value
+
+    @model_validator(mode="after")
+    def _video_frames(self):
+        if self.video_num_frames > self.max_video_num_frames:
+            raise ValueError(f"video_num_frames ({self.video_num_frames}) is over max_video_num_frames "
+                             f"({self.max_video_num_frames})")
+        return self
 
     def gallery_uri(self) -> str:
         return self.galleries or str(self.data / "lancedb")

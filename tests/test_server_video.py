@@ -243,3 +243,17 @@ def test_decoding_runs_off_the_model_worker(url, monkeypatch):
         assert time.perf_counter() - t0 < 0.8  # not queued behind the decode
         t.join()
     assert done["video"]["answer"] and threads and not any(n.startswith("unitrans-model") for n in threads)
+
+
+def test_video_limits_are_settings_and_env(monkeypatch):
+    from pydantic import ValidationError
+
+    from server.settings import Settings
+
+    monkeypatch.setenv("UNITRANS_MAX_VIDEO_NUM_FRAMES", "4")
+    monkeypatch.setenv("UNITRANS_VIDEO_NUM_FRAMES", "2")
+    monkeypatch.setenv("UNITRANS_MAX_VIDEO_SECONDS", "9.5")
+    s = Settings()
+    assert (s.max_video_num_frames, s.video_num_frames, s.max_video_seconds) == (4, 2, 9.5)
+    with pytest.raises(ValidationError, match="video_num_frames"):
+        Settings(video_num_frames=8, max_video_num_frames=4)
