@@ -1,7 +1,9 @@
 """Video on the image backbone and adapters (BLIP's video transfer), against a direct
 computation on a tiny BLIP: frames through the ViT one by one, their tokens concatenated
-for the fusion encoder and decoder, ITC = normalised mean of the frames' projected [CLS].
-A mixed-adapter video batch gives each row exactly what it gets alone, beam search included."""
+for the fusion encoder and decoder, ITC = the normalised mean of the frames' projected
+[CLS] (computed here that way; the code projects the mean [CLS], equal as the projection
+is affine). A mixed-adapter video batch gives each row exactly what it gets alone, beam
+search included."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def video_pixels(bb, videos) -> torch.Tensor:
 # as B*F rows (each request's frames consecutive, so a B-row routing expands to them like
 # beams: `expand_rows`), and the frames' tokens are concatenated, (B, F*T, Hv), for every
 # consumer that cross-attends them (fusion encoder, decoder, ITM). ITC (`image_features`)
-# takes the mean of the frames' projected [CLS] vectors. F = 1 is exactly the image path.
+# takes the mean of the frames' [CLS] vectors, projected. F = 1 is exactly the image path.
 def frame_tokens(bb) -> int:
     """Tokens one image (one frame) becomes: [CLS] + patches (T)."""
     vc = bb.config.vision_config
@@ -86,8 +86,9 @@ def fuse(bb, input_ids, attention_mask, image_embeds: torch.Tensor) -> torch.Ten
 
 def image_features(bb, image_embeds: torch.Tensor) -> torch.Tensor:
     """ITC image vector from the [CLS] image token: (B, T, Hv) -> (B, D), unit norm. Video
-    tokens (B, F*T, Hv) (F read off the length): the mean over frames of each frame's
-    projected [CLS], then normalised (BLIP's video retrieval)."""
+    tokens (B, F*T, Hv) (F read off the length): the frames' [CLS] averaged, projected and
+    normalised (UniAdapter's order; vision_proj is affine, so it equals the mean of the
+    projected frames, BLIP's video retrieval)."""
     t = frame_tokens(bb)
     b, length, hidden = image_embeds.shape
     if length == t:
@@ -95,7 +96,7 @@ def image_features(bb, image_embeds: torch.Tensor) -> torch.Tensor:
     if length % t:
         raise ValueError(f"{length} image tokens are not a whole number of {t}-token frames")
     cls = image_embeds.view(b, length // t, t, hidden)[:, :, 0, :]  # (B, F, Hv)
-    return F.normalize(bb.vision_proj(cls).mean(dim=1), dim=-1)
+    return F.normalize(bb.vision_proj(cls.mean(dim=1)), dim=-1)
 
 
 def text_features(bb, text_embeds: torch.Tensor) -> torch.Tensor:
