@@ -107,6 +107,7 @@ BIG = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
 # (name, multipart file bytes or a JSON "video" value, extra fields, status, error type, words in the message)
 BAD = [
     ("truncated mp4", _cut(mp4(CLIP)), {}, 400, "invalid_video", "truncated"),
+    ("truncated gif", gif(CLIP)[:-150], {}, 400, "invalid_video", "truncated GIF"),
     ("zero frames", webm_no_frames(), {}, 400, "invalid_video", "zero frames"),
     ("empty file", b"", {}, 400, "invalid_video", "zero bytes"),
     ("png as video", images(1)[0], {}, 400, "invalid_video", "not an accepted video container"),

@@ -6,7 +6,7 @@
 
 Containers: MP4/MOV, WebM/Matroska and GIF (animated or not), decoded by PyAV (its bundled
 FFmpeg). Anything else (a PNG, random bytes, audio only) is refused, as are empty streams,
-truncated or corrupt files, and videos over the limits: bytes (before opening), pixels per
+truncated (`_check_complete`) or corrupt files, and videos over the limits: bytes (before opening), pixels per
 frame (from the stream header, before decoding), duration and frame count (while demuxing,
 before decoding). Every refusal is a `VideoError` whose `too_large` says whether a limit
 was hit (the server answers 413) or the bytes are bad (400).
@@ -61,30 +61,33 @@ def decode_video(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits
         raise VideoError(f"{field}: zero bytes; send a video file (MP4, WebM or GIF)")
     if len(data) > limits.max_bytes:
         raise VideoError(f"{field}: {len(data)} bytes is over the limit of {limits.max_bytes}", too_large=True)
+    picked: dict[int, Image.Image] = {}
+    last = None  # the last frame decoded (an av.VideoFrame), converted only if a target needs it
     try:
         n, stream_index = _count_frames(av, data, limits, field)
         wanted = sample_indices(n, num_frames)
-        picked: dict[int, Image.Image] = {}
-        last = None
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[stream_index]
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
                     picked[i] = frame.to_image().convert("RGB")
-                last = i
+                last = (i, frame)
                 if i >= wanted[-1]:
                     break
     except VideoError:
         raise
-    except EOFError:  # FFmpeg reached the end while probing: not one frame in the file
-        raise VideoError(f"{field}: zero frames: the file ends before its first frame (an empty stream, or "
-                         "cut short)") from None
-    except (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError) as exc:
+    except EOFError:  # FFmpeg reached the end early
+        if last is None:
+            raise VideoError(f"{field}: zero frames: the file ends before its first frame (an empty stream, or "
+                             "cut short)") from None
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as exc:
         raise VideoError(f"{field}: corrupt or truncated video ({type(exc).__name__}: {exc})") from None
     if last is None:
         raise VideoError(f"{field}: the video stream decodes to zero frames")
     # a decoder may yield fewer frames than the demuxer counted packets (a truncated tail):
     # targets past the end take the last frame decoded
+    if last[0] not in picked:
+        picked[last[0]] = last[1].to_image().convert("RGB")
     have = sorted(picked)
     return [picked[max([j for j in have if j <= i], default=have[0])] for i in wanted]
 
@@ -119,8 +122,25 @@ def _count_frames(av, data: bytes, limits: VideoLimits, field: str) -> tuple[int
                     raise VideoError(f"{field}: longer than the limit of {limits.max_seconds:g} s", too_large=True)
                 if n > limits.max_frames:
                     raise VideoError(f"{field}: more than {limits.max_frames} frames", too_large=True)
-        except EOFError:  # a stream cut short: the frames before the cut count (n == 0: refused below)
+        except EOFError:  # a stream cut short: refused below (zero frames, or short of its declared length)
             pass
         if n == 0:
-            raise VideoError(f"{field}: the video stream has zero frames")
+            raise VideoError(f"{field}: the video stream has zero frames (an empty stream, or a file cut short)")
+        _check_complete(data, kind, container, stream, end, field)
         return n, 0  # the first video stream (index into container.streams.video)
+
+
+def _check_complete(data: bytes, kind: str, container, stream, end: float, field: str) -> None:
+    """Refuse a file cut short, which demuxers otherwise read up to the cut: a GIF without its
+    trailer byte, or frames ending well before the duration the header declares (the stream's
+    own, or the container's when the video is its only stream: audio may outlast video)."""
+    if kind == "GIF" and not data.endswith(b";"):
+        raise VideoError(f"{field}: truncated GIF (no trailer after {len(data)} bytes)")
+    declared = None
+    if stream.duration and stream.time_base:
+        declared = float(stream.duration * stream.time_base)
+    elif container.duration and len(container.streams) == 1:
+        declared = container.duration / 1e6
+    if declared and end < 0.9 * declared - 1e-3:
+        raise VideoError(f"{field}: truncated {kind}: its frames end at {end:.2f} s of the {declared:.2f} s "
+                         "its header declares")
