@@ -104,3 +104,15 @@ def test_evaluation_answers_are_the_served_video_answers(video_set, tmp_path):
             alone = predict.answers(bb, tasks.video_pixels(bb, [frames]),
                                     predict.question_ids(bb, [entry["question"]], 40))
         assert got[i] == alone[0]
+
+
+def test_video_store_keeps_only_the_most_recent_clips(video_set):
+    from training.data import VideoStore
+
+    bb = Backbone.from_dirs(video_set / "bb")
+    store = VideoStore(video_set / "videos", bb.processor.image_processor, num_frames=2, max_cached=2)
+    names = [f"video{i}.{ext}" for i, ext in enumerate(["mp4", "webm", "gif"])]
+    first = store.pixels(names)  # a batch larger than the cache is still whole
+    assert first.shape == (3, 2, 3, 32, 32) and list(store._cache) == names[1:]
+    assert torch.equal(store.pixels([names[0]])[0], first[0])  # decoded again: the same pixels
+    assert list(store._cache) == [names[2], names[0]]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import torch
@@ -62,26 +62,37 @@ class ImageStore:
 
 class VideoStore:
     """Decodes each video once (`adapters.backbone.frames`: the server's uniform sampling) and
-    caches its pixels; `pixels(paths)` -> (B, F, 3, H, W) float32 from the processor."""
+    keeps the pixels of the `max_cached` most recently used clips (a clip is F images: a real
+    set's every clip would not fit in memory); `pixels(paths)` -> (B, F, 3, H, W) float32."""
 
     # training reads the user's own files: only bytes that do not decode are refused
     LIMITS = VideoLimits(max_bytes=2**40, max_pixels=2**26, max_seconds=24 * 3600.0, max_frames=10**8)
 
-    def __init__(self, root: str | os.PathLike, image_processor, num_frames: int):
+    def __init__(self, root: str | os.PathLike, image_processor, num_frames: int, max_cached: int = 4096):
         self.root = Path(root)
         self.image_processor = image_processor
         self.num_frames = num_frames
-        self._cache: dict[str, torch.Tensor] = {}
+        self.max_cached = max_cached
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def _load(self, p: str) -> torch.Tensor:
+        try:
+            frames = decode_video((self.root / p).read_bytes(), self.num_frames, self.LIMITS, field=p)
+        except VideoError as exc:
+            raise ValueError(f"{self.root / p}: {exc}") from None
+        return self.image_processor(frames, return_tensors="pt")["pixel_values"]  # (F, 3, H, W)
 
     def pixels(self, paths: list[str]) -> torch.Tensor:
+        batch = {}
         for p in dict.fromkeys(paths):
-            if p not in self._cache:
-                try:
-                    frames = decode_video((self.root / p).read_bytes(), self.num_frames, self.LIMITS, field=p)
-                except VideoError as exc:
-                    raise ValueError(f"{self.root / p}: {exc}") from None
-                self._cache[p] = self.image_processor(frames, return_tensors="pt")["pixel_values"]  # (F, 3, H, W)
-        return torch.stack([self._cache[p] for p in paths])
+            if p in self._cache:
+                self._cache.move_to_end(p)
+            else:
+                self._cache[p] = self._load(p)
+                while len(self._cache) > self.max_cached:
+                    self._cache.popitem(last=False)
+            batch[p] = self._cache[p]
+        return torch.stack([batch[p] for p in paths])
 
 
 def media_key(entries: list[dict]) -> str:
