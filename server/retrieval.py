@@ -20,6 +20,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from adapters import predict
+from adapters.backbone.frames import sample
 from server import videos
 from server.deps import Services
 from server.errors import NotFound, Unprocessable
@@ -40,8 +41,9 @@ def _png(data: bytes) -> Image.Image:
 
 def stored_pixels(svc: Services, kind: str, blobs: list[bytes]):
     """Stored gallery items -> pixels: images (n, 3, H, W); videos (n, F, 3, H, W)."""
-    if kind == "video":
-        return videos.video_pixels(svc.engine, [videos.unpack_frames(b) for b in blobs])
+    if kind == "video":  # stored at video_num_frames; items stored under another setting are resampled to it
+        n = svc.settings.video_num_frames
+        return videos.video_pixels(svc.engine, [sample(videos.unpack_frames(b), n) for b in blobs])
     return svc.engine.pixels([_png(b) for b in blobs])
 
 

@@ -258,3 +258,16 @@ def test_video_limits_are_settings_and_env(monkeypatch):
     assert (s.max_video_num_frames, s.video_num_frames, s.max_video_seconds) == (4, 2, 9.5)
     with pytest.raises(ValidationError, match="video_num_frames"):
         Settings(video_num_frames=8, max_video_num_frames=4)
+
+
+def test_gallery_items_stored_at_another_frame_count_are_resampled(tmp_path):
+    """A restart with another video_num_frames: old items (3 frames) and new ones (2) search together."""
+    with running_server(data=tmp_path, **LIMITS) as u, Client(u) as c:
+        c.create_gallery("mixed", kind="video")
+        c.add_items("mixed", [{"id": "old", "video": gif(CLIP)}])
+    with running_server(data=tmp_path, **{**LIMITS, "video_num_frames": 2}) as u, Client(u) as c:
+        c.add_items("mixed", [{"id": "new", "video": mp4(CLIP)}])
+        hits = c.retrieve(text="a red circle", gallery="mixed", top_k=2)["results"]
+        assert {h["id"] for h in hits} == {"old", "new"}
+        fresh = c.retrieve(text="a red circle", gallery="mixed", top_k=2, adapter="retrieval-b")["results"]
+        assert {h["id"] for h in fresh} == {"old", "new"}  # vectors computed now from the stored frames
