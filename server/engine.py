@@ -20,7 +20,8 @@ Batch keys: only requests with the same key share a call.
     vqa rank      ("rank",): questions and candidate lists of any length
     itc_image, itc_text, itm: one key (texts are padded and masked per call)
     video         pixels (n, F, 3, H, W) run through the same batchers with ("video", F, key):
-                  videos of any adapters batch together, by frame count, apart from images
+                  videos of any adapters batch together, by frame count, apart from images;
+                  a video row counts F rows toward max_batch_size
 """
 
 from __future__ import annotations
@@ -89,9 +90,11 @@ class Engine:
 
     # -- request side (event loop) ----------------------------------------------------------
     async def _submit(self, batcher: str, rows: Rows, key=None):
+        cost = rows.n
         if rows.pixels is not None and rows.pixels.dim() == 5:  # video (n, F, 3, H, W): equal F stacks
             key = ("video", rows.pixels.shape[1], key)
-        return await self.batchers[batcher].submit(rows, key=key, rows=rows.n, adapter=rows.adapter or FROZEN)
+            cost = rows.n * rows.pixels.shape[1]  # the ViT runs per frame: a video row weighs F rows
+        return await self.batchers[batcher].submit(rows, key=key, rows=cost, adapter=rows.adapter or FROZEN)
 
     async def caption(self, pixels, adapter, *, max_new_tokens=None, num_beams=None) -> str:
         d = predict.decoding("caption", num_beams, max_new_tokens)

@@ -212,10 +212,11 @@ def test_concurrent_video_requests_of_mixed_adapters_and_frame_counts_match_one_
     answers = {r["answer"] for (name, kw), r in zip(reqs, alone)
                if name == "vqa" and kw.get("video") and "candidates" not in kw}
     assert len(answers) >= 3, answers
-    sums = {m.group(1): float(m.group(2)) for m in re.finditer(r'unitrans_batch_size_sum\{task="(\w+)"\} (\S+)', metrics)}
-    counts = {m.group(1): float(m.group(2))
-              for m in re.finditer(r'unitrans_batch_size_count\{task="(\w+)"\} (\S+)', metrics)}
-    assert sums["vqa"] / counts["vqa"] > 1.2, (sums, counts)
+    # batches run: one per request one by one, then fewer than one per request together
+    batches = {m.group(1): float(m.group(2))
+               for m in re.finditer(r'unitrans_batch_size_count\{task="(\w+)"\} (\S+)', metrics)}
+    n_vqa = sum(name == "vqa" for name, _ in reqs)
+    assert batches["vqa"] - n_vqa <= n_vqa - 5, (batches, n_vqa)
 
 
 def test_decoding_runs_off_the_model_worker(url, monkeypatch):
