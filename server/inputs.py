@@ -1,8 +1,9 @@
 """Request bodies -> validated models and decoded images, off the event loop.
 
 /caption and /vqa take JSON (image as base64) or multipart/form-data (image as a
-file field named `image`, /vqa's video as one named `video`; other fields as form fields, `candidates` repeated or
-as a JSON list). Everything else takes JSON through FastAPI's own body parsing.
+file field named `image`, /vqa's video as one named `video`; other fields as form
+fields, `candidates` repeated or as a JSON list). Everything else takes JSON through
+FastAPI's own body parsing.
 """
 
 from __future__ import annotations
