@@ -102,7 +102,8 @@ class Requests:
                  adapter: str | None = None, rerank: bool = True, filter: dict | None = None):
         """text -> image/video (gallery= an image or video gallery, or images={id: image} / videos={id: video}) or
         image/video -> text (gallery= a text gallery, or texts={id: text}); filter= e.g. {"metadata.colour": "red"}
-        restricts a gallery search. A video is a file or a list of frames. Returns {"results": [{id, score, itc}], ...}."""
+        restricts a gallery search. A video is a file or a list of frames.
+        Returns {"results": [{id, score, itc}], ...}."""
         body = _drop_none({"text": text, "image": b64(image) if image is not None else None,
                            "video": video_field(video) if video is not None else None, "gallery": gallery,
                            "top_k": top_k, "num_frames": num_frames, "adapter": adapter, "rerank": rerank,

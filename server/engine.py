@@ -49,7 +49,8 @@ class Rows:
 
     adapter: str | None
     n: int = 1
-    pixels: torch.Tensor | None = None  # (n, 3, H, W) or (1, 3, H, W) broadcast to n rows (ITM); video (n|1, F, 3, H, W)
+    # (n, 3, H, W), or (1, 3, H, W) broadcast to n rows (ITM); a video: (n, F, 3, H, W) or (1, F, 3, H, W)
+    pixels: torch.Tensor | None = None
     ids: torch.Tensor | None = None  # (L,) question ids, unpadded
     texts: list[str] | None = None  # ITC / ITM texts, one per row
     candidates: list[str] | None = None
