@@ -1,8 +1,8 @@
 """Request bodies -> validated models and decoded images, off the event loop.
 
 /caption and /vqa take JSON (image as base64) or multipart/form-data (image as a
-file field named `image`; other fields as form fields, `candidates` repeated or
-as a JSON list). Everything else takes JSON through FastAPI's own body parsing.
+file field named `image`; other fields as form fields, `candidates` and `adapters`
+repeated or as a JSON list). Everything else takes JSON through FastAPI's own body parsing.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
     image: bytes | None = None
     if ctype.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=1, max_fields=settings.max_candidates + 8)
+            form = await request.form(max_files=1, max_fields=settings.max_candidates + settings.max_fanout + 8)
         except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for bad forms
             raise BadRequest(f"malformed multipart body ({exc})") from None
         data: dict = {}
@@ -53,8 +53,8 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
                         raise Unprocessable(f"unexpected file field {key!r}; send the image as 'image'")
                     image = await value.read(settings.max_image_bytes + 1)
                     data["image"] = MULTIPART_IMAGE
-                elif key == "candidates":
-                    data.setdefault("candidates", []).extend(_candidates(value))
+                elif key in ("candidates", "adapters"):  # repeated fields or one JSON list
+                    data.setdefault(key, []).extend(_string_list(value, key))
                 else:
                     data[key] = value
         finally:
@@ -82,15 +82,15 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
     return body, image
 
 
-def _candidates(value: str) -> list[str]:
+def _string_list(value: str, field: str) -> list[str]:
     text = value.strip()
     if text.startswith("["):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError:
-            raise Unprocessable("candidates: not a JSON list of strings") from None
+            raise Unprocessable(f"{field}: not a JSON list of strings") from None
         if not isinstance(parsed, list) or not all(isinstance(c, str) for c in parsed):
-            raise Unprocessable("candidates: not a JSON list of strings")
+            raise Unprocessable(f"{field}: not a JSON list of strings")
         return parsed
     return [value]
 

@@ -12,6 +12,7 @@ another backbone, an item replaced since) computes and stores them first. `filte
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
@@ -32,6 +33,19 @@ CHUNK = 256  # gallery items decoded and embedded at a time
 SAVE_EVERY = 4096  # vectors written at least this often while filling a gallery (progress survives a restart)
 
 
+class Decoded:
+    """Pixels decoded once per request, shared by a fan-out's per-adapter searches:
+    name -> task making (pixels, content keys), awaited by every adapter."""
+
+    def __init__(self):
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    async def get(self, name: str, make):
+        if name not in self._tasks:
+            self._tasks[name] = asyncio.ensure_future(make())
+        return await self._tasks[name]
+
+
 def _png(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
@@ -49,8 +63,8 @@ async def gallery_vectors(svc: Services, tbl, kind: str, adapter: str | None) ->
     while (chunk := await run_in_threadpool(next, batches, None)) is not None:  # CHUNK rows in memory at a time
         if kind == "image":
             images = await run_in_threadpool(lambda: [_png(it["image"]) for it in chunk])
-            pixels = await run_in_threadpool(svc.engine.pixels, images)
-            parts.append(await svc.engine.itc_images(pixels, adapter))
+            pixels, content = await run_in_threadpool(svc.engine.keyed_pixels, images)
+            parts.append(await svc.engine.itc_images(pixels, adapter, keys=content))  # tokens cached for ITM
         else:
             parts.append(await svc.engine.itc_texts([it["text"] for it in chunk], adapter))
         ids += [it["id"] for it in chunk]
@@ -89,8 +103,12 @@ def _top(sims: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in top[np.argsort(-sims[top], kind="stable")]]
 
 
-async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
+async def retrieve(svc: Services, req: RetrieveRequest, *, adapter: str | None = None,
+                   decoded: Decoded | None = None) -> RetrieveResponse:
+    """One search with `adapter` (default: the request's); `decoded` shares decoded images
+    between the searches of one fan-out request."""
     s = svc.settings
+    decoded = decoded or Decoded()
     if req.top_k > s.max_top_k:
         raise Unprocessable(f"top_k: {req.top_k} is over the limit of {s.max_top_k}")
     inline = req.images or req.texts or []
@@ -106,8 +124,15 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             where = compile_filter(req.filter)
         except FilterError as exc:
             raise Unprocessable(f"filter: {exc}") from None
-    adapter = svc.registry.resolve("retrieve", req.adapter)
+    adapter = svc.registry.resolve("retrieve", req.adapter if adapter is None else adapter)
     engine = svc.engine
+
+    async def inline_images():
+        images = [await load_b64_image(it.image, s, f"images[{i}].image") for i, it in enumerate(req.images)]
+        return await run_in_threadpool(engine.keyed_pixels, images)
+
+    async def query_image():
+        return await run_in_threadpool(engine.keyed_pixels, [await load_b64_image(req.image, s, "image")])
 
     if req.text is not None:  # text -> image
         check_text(req.text, s, "text")
@@ -116,21 +141,19 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             found = await search_gallery(svc, req.gallery, "image", adapter, query, req.top_k, where)
             images = await run_in_threadpool(lambda: [_png(it["image"]) for it, _ in found])
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
-            pixels = await run_in_threadpool(engine.pixels, images) if images else None
+            pixels, keys = await run_in_threadpool(engine.keyed_pixels, images) if images else (None, None)
         else:
-            images = [await load_b64_image(it.image, s, f"images[{i}].image") for i, it in enumerate(req.images)]
-            all_px = await run_in_threadpool(engine.pixels, images)
-            sims = (await engine.itc_images(all_px, adapter)) @ query
+            all_px, all_keys = await decoded.get("images", inline_images)
+            sims = (await engine.itc_images(all_px, adapter, keys=all_keys)) @ query
             top = _top(sims, req.top_k)
             cands = [(req.images[i].id, float(sims[i]), None) for i in top]
-            pixels = all_px[top]
-        if req.rerank and cands:
-            scores = await engine.itm(pixels, [req.text] * len(cands), adapter)
+            pixels, keys = all_px[top], [all_keys[i] for i in top]
+        if req.rerank and cands:  # image tokens from the cache where the ITC pass left them
+            scores = await engine.itm(pixels, [req.text] * len(cands), adapter, keys=keys)
         direction = "text_to_image"
     else:  # image -> text
-        image = await load_b64_image(req.image, s, "image")
-        pixels = await run_in_threadpool(engine.pixels, [image])
-        query = (await engine.itc_images(pixels, adapter))[0]
+        pixels, keys = await decoded.get("query", query_image)
+        query = (await engine.itc_images(pixels, adapter, keys=keys))[0]
         if req.gallery is not None:
             found = await search_gallery(svc, req.gallery, "text", adapter, query, req.top_k, where)
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
@@ -143,7 +166,7 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             cands = [(req.texts[i].id, float(sims[i]), None) for i in top]
             texts = [req.texts[i].text for i in top]
         if req.rerank and cands:
-            scores = await engine.itm(pixels, texts, adapter)
+            scores = await engine.itm(pixels, texts, adapter, keys=keys)
         direction = "image_to_text"
 
     if req.rerank and cands:  # `scores`: ITM logits (k, 2) of the ITC top-k
