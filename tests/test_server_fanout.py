@@ -4,6 +4,8 @@ sharing one vision pass, vision-touching ones getting their own in the same call
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import pytest
 
@@ -108,5 +110,6 @@ def test_fanout_bad_input_is_a_clear_4xx(url):
         assert "no-such-adapter" in exc.value.message
     r = httpx.post(f"{url}/vqa", json={"image": "x", "question": "q", "adapters": "vqa"})
     assert r.status_code == 422 and r.json()["error"]["type"] == "unprocessable"
-    r = httpx.post(f"{url}/caption", json={"image": "x", "adapters": ["caption", "vqa"]})  # a vqa adapter
+    good = base64.b64encode(image).decode()
+    r = httpx.post(f"{url}/caption", json={"image": good, "adapters": ["caption", "vqa"]})  # a vqa adapter
     assert 400 <= r.status_code < 500 and "'vqa'" in r.json()["error"]["message"], r.text
