@@ -33,8 +33,12 @@ import torch
 from adapters import predict, tasks
 from adapters.backbone import from_image_tokens
 from adapters.errors import AdapterTableError
+from starlette.concurrency import run_in_threadpool
+
 from server.batcher import Batcher
-from server.image_features import ImageFeatureCache, VisionStage, pixel_keys
+from server.decode_pool import DecodePool, preprocess
+from server.images import decode_image
+from server.image_features import ImageFeatureCache, VisionStage
 from server.metrics import Metrics
 from server.registry import FROZEN, AdapterRegistry
 from server.settings import Settings
@@ -66,9 +70,12 @@ class Engine:
         self.batchers: dict[str, Batcher] = {}
         # the ViT once per (image, vision-side adapter state), cached: server/image_features.py
         self.vision = VisionStage(backbone, registry, ImageFeatureCache(int(settings.image_cache_mb * 2**20), metrics))
+        self.decode_pool: DecodePool | None = None  # processes decoding images (settings.decode_workers > 0)
 
     async def start(self) -> None:
         s = self.settings
+        if s.decode_workers:
+            self.decode_pool = DecodePool(s, self.bb.processor.image_processor)
         runners = {"caption": self._caption_batch, "vqa": self._vqa_batch, "itc_image": self._itc_image_batch,
                    "itc_text": self._itc_text_batch, "itm": self._itm_batch}
         for name, run in runners.items():
@@ -81,6 +88,8 @@ class Engine:
     async def stop(self) -> None:
         for batcher in self.batchers.values():
             await batcher.stop()
+        if self.decode_pool is not None:
+            self.decode_pool.close()
 
     # -- request side (any thread) ----------------------------------------------------------
     def pixels(self, images) -> torch.Tensor:
@@ -89,8 +98,19 @@ class Engine:
 
     def keyed_pixels(self, images) -> tuple[torch.Tensor, list[str]]:
         """`pixels` and their content hashes (the image-feature cache's keys), both off the model thread."""
-        px = self.pixels(images)
-        return px, pixel_keys(px)
+        px, keys = preprocess(self.bb.processor.image_processor, images)
+        return px.to(self.bb.device, self.bb.dtype), keys
+
+    async def image_pixels(self, data: bytes, field: str = "image") -> tuple[torch.Tensor, list[str]]:
+        """Image file bytes -> (pixels (1, 3, H, W), content keys): decoded and preprocessed in the
+        decode processes when there are some, else in the thread pool."""
+        if self.decode_pool is not None:
+            px, keys = await self.decode_pool.prepare(data, field)
+            return px.to(self.bb.device, self.bb.dtype), keys
+        s = self.settings
+        image = await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
+                                        max_pixels=s.max_image_pixels, field=field)
+        return await run_in_threadpool(self.keyed_pixels, [image])
 
     def question_ids(self, question: str) -> torch.Tensor:
         return predict.question_ids(self.bb, [question], self.settings.max_text_tokens)[0]  # (L,)

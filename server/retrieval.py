@@ -16,6 +16,7 @@ import asyncio
 import io
 
 import numpy as np
+import torch
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -24,7 +25,8 @@ from server.deps import Services
 from server.errors import NotFound, Unprocessable
 from server.gallery_filter import FilterError, compile_filter
 from server.galleries import space_columns
-from server.inputs import check_text, load_b64_image
+from server.images import b64decode
+from server.inputs import check_text
 from server.registry import FROZEN, check_name
 from server.schemas import Hit, RetrieveRequest, RetrieveResponse
 
@@ -128,11 +130,16 @@ async def retrieve(svc: Services, req: RetrieveRequest, *, adapter: str | None =
     engine = svc.engine
 
     async def inline_images():
-        images = [await load_b64_image(it.image, s, f"images[{i}].image") for i, it in enumerate(req.images)]
-        return await run_in_threadpool(engine.keyed_pixels, images)
+        raw = [b64decode(it.image, f"images[{i}].image") for i, it in enumerate(req.images)]
+        parts = await asyncio.gather(*(engine.image_pixels(b, f"images[{i}].image") for i, b in enumerate(raw)),
+                                     return_exceptions=True)
+        for part in parts:  # the first bad image by position, not by time
+            if isinstance(part, BaseException):
+                raise part
+        return torch.cat([px for px, _ in parts]), [k for _, keys in parts for k in keys]
 
     async def query_image():
-        return await run_in_threadpool(engine.keyed_pixels, [await load_b64_image(req.image, s, "image")])
+        return await engine.image_pixels(b64decode(req.image, "image"), "image")
 
     if req.text is not None:  # text -> image
         check_text(req.text, s, "text")

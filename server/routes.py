@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from server import retrieval
 from server.deps import ServicesDep, require_api_key
 from server.errors import Unprocessable
-from server.inputs import check_text, load_image, read_task_body
+from server.inputs import check_text, read_task_body
 from server.registry import FROZEN
 from server.schemas import (CaptionFanoutResponse, CaptionRequest, CaptionResponse, RetrieveFanoutResponse,
                             RetrieveRequest, RetrieveResponse, VqaFanoutResponse, VqaRequest, VqaResponse)
@@ -57,8 +57,7 @@ async def caption(request: Request, svc: ServicesDep) -> CaptionResponse | Capti
     body, raw = await read_task_body(request, CaptionRequest, s)
     _check_generation(body, s)
     adapters = resolve_adapters(svc, "caption", body)
-    image = await load_image(raw, s)
-    pixels, keys = await run_in_threadpool(svc.engine.keyed_pixels, [image])
+    pixels, keys = await svc.engine.image_pixels(raw)
     texts = await asyncio.gather(*(svc.engine.caption(pixels, a, max_new_tokens=body.max_new_tokens,
                                                       num_beams=body.num_beams, keys=keys) for a in adapters))
     results = [CaptionResponse(caption=text, adapter=a or FROZEN) for a, text in zip(adapters, texts)]
@@ -87,8 +86,7 @@ async def vqa(request: Request, svc: ServicesDep) -> VqaResponse | VqaFanoutResp
         if len(set(body.candidates)) != len(body.candidates):
             raise Unprocessable("candidates: must be unique")
     adapters = resolve_adapters(svc, "vqa", body)
-    image = await load_image(raw, s)
-    pixels, keys = await run_in_threadpool(svc.engine.keyed_pixels, [image])
+    pixels, keys = await svc.engine.image_pixels(raw)
     ids = await run_in_threadpool(svc.engine.question_ids, body.question)
 
     async def one(adapter) -> VqaResponse:
