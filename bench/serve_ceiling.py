@@ -118,6 +118,7 @@ def fanout_rows(url: str, names: dict[str, list[str]], images: list[bytes], args
                                    for a in adapters))
 
         for mode, unit in (("1 request, adapters=[4]", one_request), ("4 requests", four_requests)):
+            asyncio.run(_units(url, 1, 2, args.time_budget, unit))  # warm-up: adapters loaded, first calls done
             r = asyncio.run(_units(url, conc, args.requests, args.time_budget, unit))
             rows.append((f"fan-out, ViT {group}: {mode}", conc, r))
     return rows
@@ -133,6 +134,7 @@ def cache_rows(start_server, images: list[bytes], args, conc: int) -> list[tuple
                 for q in QUESTIONS:
                     await c.vqa(images[i % len(images)], q, adapter="none")
 
+            asyncio.run(_units(url, 1, 1, args.time_budget, lambda c, i: c.vqa(images[-1], QUESTIONS[0])))  # warm-up
             r = asyncio.run(_units(url, conc, max(8, args.requests // 5), args.time_budget, five))
             rows.append((f"5 questions on one image, {label} (per 5)", conc, r))
         finally:
