@@ -10,7 +10,11 @@ tensors and runs the model.
     answer = await engine.vqa(pixels, engine.question_ids(question), "vqa", num_beams=3)
 
 What a batch computes is `adapters.predict` (decoding defaults, question padding and
-masking, answer decoding), the functions `training.evaluate` calls too.
+masking, answer decoding), the functions `training.evaluate` calls too, split at the
+vision encoder: `server.image_features.VisionStage` runs the ViT once per distinct
+(image, vision-side adapter state) of the batch, or takes the tokens from its cache,
+and `adapters.backbone.from_image_tokens` runs the rest under the per-row routing. A
+fan-out request (one image, many adapters) is one item per adapter, submitted together.
 
 Batch keys: only requests with the same key share a call.
     caption       (num_beams, max_new_tokens)
@@ -29,12 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from starlette.concurrency import run_in_threadpool
 
 from adapters import predict, tasks
 from adapters.backbone import from_image_tokens
 from adapters.errors import AdapterTableError
-from starlette.concurrency import run_in_threadpool
-
 from server.batcher import Batcher
 from server.decode_pool import DecodePool, preprocess
 from server.images import decode_image
