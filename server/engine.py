@@ -79,6 +79,7 @@ class Engine:
         s = self.settings
         if s.decode_workers:
             self.decode_pool = DecodePool(s, self.bb.processor.image_processor)
+            await self.decode_pool.start()
         runners = {"caption": self._caption_batch, "vqa": self._vqa_batch, "itc_image": self._itc_image_batch,
                    "itc_text": self._itc_text_batch, "itm": self._itm_batch}
         for name, run in runners.items():

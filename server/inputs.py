@@ -35,8 +35,10 @@ def check_length(request: Request, settings: Settings) -> None:
         raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {settings.max_request_bytes}")
 
 
-async def read_task_body(request: Request, model: type[BaseModel], settings: Settings) -> tuple[BaseModel, bytes]:
-    """(validated body, raw image bytes) from JSON or multipart."""
+async def read_task_body(request: Request, model: type[BaseModel], settings: Settings,
+                         decode_pool=None) -> tuple[BaseModel, bytes]:
+    """(validated body, raw image bytes) from JSON or multipart; with a `decode_pool`
+    (server/decode_pool.py) JSON parsing and base64 decoding run in its processes."""
     check_length(request, settings)
     ctype = request.headers.get("content-type", "")
     image: bytes | None = None
@@ -67,16 +69,21 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
             raise PayloadTooLarge(f"request body is over the limit of {settings.max_request_bytes} bytes")
         if not raw:
             raise BadRequest("empty body; send JSON (or multipart/form-data with an 'image' file)")
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise Unprocessable("body must be a JSON object")
+        if decode_pool is not None:
+            data, image = await decode_pool.parse_json(raw)
+        else:
+            try:
+                data = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"body is not valid JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise Unprocessable("body must be a JSON object")
     try:
         body = model.model_validate(data)
     except ValidationError as exc:
         raise Unprocessable(_validation_message(exc)) from None
+    if isinstance(image, Exception):  # the decode worker's base64 error, after the fields validated
+        raise image
     if image is None:
         image = b64decode(body.image)
     return body, image

@@ -54,7 +54,7 @@ async def caption(request: Request, svc: ServicesDep) -> CaptionResponse | Capti
     once per adapter: one decode, one ViT pass shared by adapters leaving it frozen."""
     s = svc.settings
     svc.require_task("caption")
-    body, raw = await read_task_body(request, CaptionRequest, s)
+    body, raw = await read_task_body(request, CaptionRequest, s, svc.engine.decode_pool)
     _check_generation(body, s)
     adapters = resolve_adapters(svc, "caption", body)
     pixels, keys = await svc.engine.image_pixels(raw)
@@ -72,7 +72,7 @@ async def vqa(request: Request, svc: ServicesDep) -> VqaResponse | VqaFanoutResp
     per adapter (one decode, one ViT pass shared by adapters leaving it frozen)."""
     s = svc.settings
     svc.require_task("vqa")
-    body, raw = await read_task_body(request, VqaRequest, s)
+    body, raw = await read_task_body(request, VqaRequest, s, svc.engine.decode_pool)
     check_text(body.question, s, "question")
     _check_generation(body, s)
     if body.candidates is not None:
