@@ -172,7 +172,8 @@ def run(bb_dir: Path, work: Path, images: list[bytes], names: list[str], adapter
     rows, ceil = [], None
     if "ceiling" in args.levels:
         ceil = ceiling(bb_dir, adapters, names, images, args)
-        rows.append((f"ceiling: model alone, batch {args.max_batch_size}, no HTTP (rows/s; p50/p99 per call)", "-", ceil))
+        label = f"ceiling: model alone, batch {args.max_batch_size}, no HTTP (rows/s; p50/p99 per call)"
+        rows.append((label, "-", ceil))
         proc, url = start_server(adapters)
         try:
             for conc in args.concurrency:

@@ -96,7 +96,8 @@ def run(args, c: Client):
         return c.caption(args.image, adapter=args.adapter, adapters=args.adapters, num_beams=args.beams,
                          max_new_tokens=args.max_new_tokens)
     if args.command == "vqa":
-        return c.vqa(args.image, args.question, adapter=args.adapter, adapters=args.adapters, candidates=args.candidates,
+        return c.vqa(args.image, args.question, adapter=args.adapter, adapters=args.adapters,
+                     candidates=args.candidates,
                      num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     if args.command == "retrieve":
         images = {Path(f).name: f for f in args.images} if args.images else None

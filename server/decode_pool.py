@@ -86,7 +86,8 @@ class DecodePool:
     async def start(self) -> None:
         """Spawn the workers now (they import torch: seconds), not on the first requests."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self.executor, _ready) for _ in range(self.settings.decode_workers)))
+        n = self.settings.decode_workers
+        await asyncio.gather(*(loop.run_in_executor(self.executor, _ready) for _ in range(n)))
 
     async def prepare(self, data: bytes, field: str = "image") -> tuple[torch.Tensor, list[str]]:
         s = self.settings

@@ -246,7 +246,8 @@ class Engine:
 
     def _itm_batch(self, items: list[Rows]) -> list:
         def compute(group, routing):
-            tokens = [t.expand(r.n, -1, -1) for t, r in zip(self._image_tokens(group), group)]  # (1|n, T, Hv) -> (n, ...)
+            # (1 or n, T, Hv) -> (n, T, Hv): one image against n texts
+            tokens = [t.expand(r.n, -1, -1) for t, r in zip(self._image_tokens(group), group)]
             ids, mask = tasks.tokens(self.bb, [t for r in group for t in r.texts], self.settings.max_text_tokens)
             return _split(from_image_tokens.itm_logits(self.bb, torch.cat(tokens), ids, mask, routing=routing), group)
 
