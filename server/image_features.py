@@ -33,8 +33,9 @@ from adapters.kinds import KINDS
 def pixel_keys(pixels: torch.Tensor) -> list[str]:
     """One content hash per image row of (n, 3, H, W): what the ViT's output depends on.
     The server hashes the processor's float32 output (before any dtype cast), request side."""
-    arr = pixels.detach().to("cpu").contiguous().numpy()
-    return [hashlib.blake2b(arr[i].tobytes(), digest_size=16).hexdigest() for i in range(arr.shape[0])]
+    raw = pixels.detach().to("cpu").contiguous().reshape(pixels.shape[0], -1).view(torch.uint8)  # any dtype's bytes
+    arr = raw.numpy()
+    return [hashlib.blake2b(arr[i], digest_size=16).hexdigest() for i in range(arr.shape[0])]
 
 
 class ImageFeatureCache:
