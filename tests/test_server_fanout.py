@@ -91,6 +91,12 @@ def test_retrieve_fanout_rows_equal_single_requests(url):
         alone_i2t = [c.retrieve(image=imgs[0], texts=texts, top_k=2, adapter=n) for n in RETRIEVE]
     _same(fan, alone)  # ids and order exactly, floats to 1e-4 (see above)
     _same(fan_i2t, alone_i2t)
+    with Client(url) as c:  # a gallery: each adapter's vectors are filled in, then searched
+        c.create_gallery("fan")
+        c.add_items("fan", [{"id": f"g{j}", "image": im} for j, im in enumerate(imgs)])
+        fan_g = c.retrieve(text="two green triangles", gallery="fan", top_k=3, adapters=RETRIEVE)["per_adapter"]
+        alone_g = [c.retrieve(text="two green triangles", gallery="fan", top_k=3, adapter=n) for n in RETRIEVE]
+    _same(fan_g, alone_g)
     assert [r["adapter"] for r in fan] == RETRIEVE
     assert len({tuple(h["score"] for h in r["results"]) for r in fan}) == len(RETRIEVE)
 
