@@ -7,6 +7,8 @@ on the same weights, side by side in one run.
     .venv/bin/python bench/serve.py --size base --concurrency 1 32 --requests 64 \
         --baseline-requests 12 --time-budget 240        # BLIP-base size: model time dominates
     .venv/bin/python bench/serve.py --levels vqa         # VQA only: any-length vs equal-length batching
+    .venv/bin/python bench/serve.py --levels ceiling fanout cache   # bench/serve_ceiling.py: the model-alone
+                                                          # ceiling, fan-out, 5 questions with/without cache
 
 Workload: greedy captions of distinct images, at most `--max-new-tokens` tokens. Server
 requests cycle through the adapters (caption adapters of models/adapters when
@@ -48,7 +50,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from adapters import create_adapter, save_adapter, tasks  # noqa: E402
 from adapters.backbone import Backbone  # noqa: E402
-from bench import serve_vqa  # noqa: E402
+from bench import serve_ceiling, serve_vqa  # noqa: E402
 from client import AsyncClient, Client, ConnectionFailed  # noqa: E402
 
 SHIPPED = ROOT / "models" / "blip-shapes"
@@ -224,8 +226,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and baseline alike")
     p.add_argument("--size", choices=["small", "base"], default="small",
                    help="small: the shipped default; base: a random BLIP-base-size model (slow: ~2 s per caption)")
-    p.add_argument("--levels", nargs="+", choices=["caption", "vqa"], default=["caption", "vqa"],
-                   help="caption: server vs transformers generate; vqa: any-length vs equal-length batching")
+    p.add_argument("--levels", nargs="+", choices=["caption", "vqa", "ceiling", "fanout", "cache"],
+                   default=["caption", "vqa", "ceiling", "fanout", "cache"],
+                   help="caption: server vs transformers generate; vqa: any-length vs equal-length batching; "
+                        "ceiling / fanout / cache: bench/serve_ceiling.py")
     p.add_argument("--vqa-concurrency", type=int, nargs="+", default=[8, 32], help="closed-loop clients, VQA level")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -246,6 +250,11 @@ def main(argv: list[str]) -> None:
         lines = serve_vqa.run_vqa_levels(lambda module: start_server(bb_dir, adapters, work / f"data-{module}", args,
                                                                      module), args, images)
         print("\n" + "\n".join(lines))
+    if {"ceiling", "fanout", "cache"} & set(args.levels):
+        print("\nceiling, fan-out and image cache (bench/serve_ceiling.py)", flush=True)
+        serve_ceiling.run(bb_dir, work, images, names, adapters,
+                          lambda adapter_dir: start_server(bb_dir, adapter_dir, work / f"data-{time.time_ns()}", args),
+                          load, args)
     print(f"\n{serve_vqa.load_average()}")
 
 

@@ -1,6 +1,7 @@
 """Command line for a unitrans server.
 
     python -m client caption cat.png [--adapter NAME] [--beams 3]
+    python -m client caption cat.png --adapters caption caption-b none      # one result per adapter
     python -m client vqa cat.png "what colour is the circle?" [--beams 1] [--max-new-tokens 5]
     python -m client vqa cat.png "what colour is the circle?" --candidates red blue
     python -m client vqa clip.mp4 "what colour is the circle?" --video --num-frames 8
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("caption", help="caption an image")
     c.add_argument("image", help="image file")
     c.add_argument("--adapter", help="adapter name ('none' = frozen backbone)")
+    c.add_argument("--adapters", nargs="+", metavar="NAME", help="fan-out: one caption per adapter")
     c.add_argument("--beams", type=int, help="beam count (1 = greedy)")
     c.add_argument("--max-new-tokens", type=int, help="caption length limit in tokens")
 
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--video", action="store_true", help="the file is a video, sampled to --num-frames frames")
     v.add_argument("--num-frames", type=int, help="video frames sampled (server default 8)")
     v.add_argument("--adapter", help="adapter name")
+    v.add_argument("--adapters", nargs="+", metavar="NAME", help="fan-out: one answer per adapter")
     v.add_argument("--candidates", nargs="+", help="rank these answers instead of generating")
     v.add_argument("--beams", type=int, help="beam count (server default 3; 1 = greedy)")
     v.add_argument("--max-new-tokens", type=int, help="answer length limit in tokens (server default 10)")
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--texts", nargs="+", help="inline texts to search (ids = t0, t1, ...)")
     r.add_argument("--top-k", type=int, default=5, help="results to return")
     r.add_argument("--adapter", help="adapter name")
+    r.add_argument("--adapters", nargs="+", metavar="NAME", help="fan-out: one result list per adapter")
     r.add_argument("--no-rerank", action="store_true", help="ITC only, no ITM re-rank")
 
     g = sub.add_parser("gallery", help="manage galleries")
@@ -96,18 +100,20 @@ def _texts(values: list[str]) -> dict[str, str]:
 
 def run(args, c: Client):
     if args.command == "caption":
-        return c.caption(args.image, adapter=args.adapter, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+        return c.caption(args.image, adapter=args.adapter, adapters=args.adapters, num_beams=args.beams,
+                         max_new_tokens=args.max_new_tokens)
     if args.command == "vqa":
         media = {"image": None, "video": args.image} if args.video else {"image": args.image}
         return c.vqa(question=args.question, **media, num_frames=args.num_frames, adapter=args.adapter,
-                     candidates=args.candidates, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+                     adapters=args.adapters, candidates=args.candidates, num_beams=args.beams,
+                     max_new_tokens=args.max_new_tokens)
     if args.command == "retrieve":
         images = {Path(f).name: f for f in args.images} if args.images else None
         videos = {Path(f).name: f for f in args.videos} if args.videos else None
         return c.retrieve(text=args.text, image=args.image, video=args.video, videos=videos,
                           num_frames=args.num_frames, gallery=args.gallery, images=images,
                           texts=_texts(args.texts) if args.texts else None, top_k=args.top_k,
-                          adapter=args.adapter, rerank=not args.no_rerank)
+                          adapter=args.adapter, adapters=args.adapters, rerank=not args.no_rerank)
     if args.command == "gallery":
         if args.action == "create":
             return c.create_gallery(args.name, args.kind)

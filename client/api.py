@@ -5,6 +5,7 @@
         c.caption("cat.png")                        # {"caption": ..., "adapter": ...}
         c.vqa("cat.png", "what colour is it?", num_beams=1)  # {"answer": ..., "adapter": ...}
         c.vqa("cat.png", "what colour is it?", candidates=["red", "blue"])
+        c.vqa("cat.png", "what colour is it?", adapters=["vqa", "vqa-b", "none"])  # {"per_adapter": [...]}
         c.create_gallery("shapes"); c.add_items("shapes", [{"id": "a", "image": "a.png"}])
         c.retrieve(text="a red circle", gallery="shapes", top_k=3)
     async with AsyncClient(url) as c:
@@ -55,6 +56,12 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _form(fields: dict) -> dict:
+    """Multipart form fields: lists (candidates, adapters) as repeated fields, the rest as strings."""
+    return {k: list(v) if isinstance(v, (list, tuple)) else v if isinstance(v, str) else str(v)
+            for k, v in fields.items()}
+
+
 @dataclass
 class Call:
     """One HTTP request, built the same way for both clients."""
@@ -70,44 +77,46 @@ class Call:
 class Requests:
     """Builds the requests of every endpoint; `_send` (sync or async) performs them."""
 
-    def caption(self, image: ImageLike, *, adapter: str | None = None, max_new_tokens: int | None = None,
-                num_beams: int | None = None, multipart: bool = False):
-        fields = _drop_none({"adapter": adapter, "max_new_tokens": max_new_tokens, "num_beams": num_beams})
+    def caption(self, image: ImageLike, *, adapter: str | None = None, adapters: list[str] | None = None,
+                max_new_tokens: int | None = None, num_beams: int | None = None, multipart: bool = False):
+        """{"caption", "adapter"}; with `adapters` (fan-out) {"per_adapter": [one such per adapter]}."""
+        fields = _drop_none({"adapter": adapter, "adapters": adapters, "max_new_tokens": max_new_tokens,
+                             "num_beams": num_beams})
         if multipart:
-            return self._send(Call("POST", "/caption", data={k: str(v) for k, v in fields.items()},
+            return self._send(Call("POST", "/caption", data=_form(fields),
                                    files={"image": ("image", image_bytes(image))}))
         return self._send(Call("POST", "/caption", json={"image": b64(image), **fields}))
 
     def vqa(self, image: ImageLike | None, question: str, *, video=None, num_frames: int | None = None,
-            adapter: str | None = None, candidates: list[str] | None = None, max_new_tokens: int | None = None,
-            num_beams: int | None = None, multipart: bool = False):
+            adapter: str | None = None, adapters: list[str] | None = None, candidates: list[str] | None = None,
+            max_new_tokens: int | None = None, num_beams: int | None = None, multipart: bool = False):
         """Generated answer (server defaults: 3 beams, at most 10 tokens), or with
-        `candidates` the most likely of them and every candidate's log-likelihood.
+        `candidates` the most likely of them and every candidate's log-likelihood; with
+        `adapters` (fan-out) {"per_adapter": [one answer per adapter]}.
         Video: image=None, video= a file (MP4, WebM, GIF) or a list of frames, num_frames= sampled."""
-        fields = _drop_none({"question": question, "adapter": adapter, "candidates": candidates,
-                             "max_new_tokens": max_new_tokens, "num_beams": num_beams, "num_frames": num_frames})
+        fields = _drop_none({"question": question, "adapter": adapter, "adapters": adapters,
+                             "candidates": candidates, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
+                             "num_frames": num_frames})
         if multipart:
-            data = {k: v if isinstance(v, str) else str(v) for k, v in fields.items() if k != "candidates"}
-            if candidates is not None:
-                data["candidates"] = list(candidates)
-            if video is not None:
-                return self._send(Call("POST", "/vqa", data=data, files={"video": ("video", image_bytes(video))}))
-            return self._send(Call("POST", "/vqa", data=data, files={"image": ("image", image_bytes(image))}))
+            field, media = ("video", video) if video is not None else ("image", image)
+            return self._send(Call("POST", "/vqa", data=_form(fields), files={field: (field, image_bytes(media))}))
         media = {"video": video_field(video)} if video is not None else {"image": b64(image)}
         return self._send(Call("POST", "/vqa", json={**media, **fields}))
 
     def retrieve(self, *, text: str | None = None, image: ImageLike | None = None, video=None,
                  gallery: str | None = None, images: dict[str, ImageLike] | None = None, videos: dict | None = None,
                  texts: dict[str, str] | None = None, top_k: int = 5, num_frames: int | None = None,
-                 adapter: str | None = None, rerank: bool = True, filter: dict | None = None):
+                 adapter: str | None = None, adapters: list[str] | None = None, rerank: bool = True,
+                 filter: dict | None = None):
         """text -> image/video (gallery= an image or video gallery, or images={id: image} / videos={id: video}) or
         image/video -> text (gallery= a text gallery, or texts={id: text}); filter= e.g. {"metadata.colour": "red"}
         restricts a gallery search. A video is a file or a list of frames.
-        Returns {"results": [{id, score, itc}], ...}."""
+        Returns {"results": [{id, score, itc}], ...}; with `adapters` (fan-out) {"per_adapter": [one such per
+        adapter]}."""
         body = _drop_none({"text": text, "image": b64(image) if image is not None else None,
                            "video": video_field(video) if video is not None else None, "gallery": gallery,
-                           "top_k": top_k, "num_frames": num_frames, "adapter": adapter, "rerank": rerank,
-                           "filter": filter})
+                           "top_k": top_k, "num_frames": num_frames, "adapter": adapter, "adapters": adapters,
+                           "rerank": rerank, "filter": filter})
         if videos is not None:
             body["videos"] = [{"id": k, "video": video_field(v)} for k, v in videos.items()]
         if images is not None:

@@ -51,6 +51,11 @@ def parse(argv: list[str]) -> dict:
     p.add_argument("--max-wait-ms", type=float, help=f"how long a batch waits to fill {default('max_wait_ms')}")
     p.add_argument("--queue-size", type=int, help=f"waiting requests per task before 503 {default('queue_size')}")
     p.add_argument("--log-level", help=f"uvicorn and server log level {default('log_level')}")
+    p.add_argument("--image-cache-mb", type=float,
+                   help=f"image-feature cache size, 0 = off {default('image_cache_mb')}")
+    p.add_argument("--decode-workers", type=int,
+                   help=f"processes decoding images, 0 = the thread pool {default('decode_workers')}")
+    p.add_argument("--max-fanout", type=int, help=f"adapters per fan-out request {default('max_fanout')}")
     args = vars(p.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
 

@@ -137,8 +137,8 @@ async def add_items(name: str, body: GalleryAdd, svc: ServicesDep, tasks: Backgr
         pngs = await run_in_threadpool(lambda: [encode_png(im) for im in images])
         rows = [{"id": it.id, "key": item_key(it.id, png), "image": png, "metadata": it.metadata}
                 for it, png in zip(body.items, pngs)]
-        pixels = await run_in_threadpool(svc.engine.pixels, images)
-        vecs = await svc.engine.itc_images(pixels, adapter)
+        pixels, keys = await run_in_threadpool(svc.engine.keyed_pixels, images)
+        vecs = await svc.engine.itc_images(pixels, adapter, keys=keys)  # image tokens cached for ITM re-ranks
     elif kind == "video":
         rows, vecs = await video_rows(svc, body, adapter)
     else:

@@ -2,8 +2,8 @@
 
 /caption and /vqa take JSON (image as base64) or multipart/form-data (image as a
 file field named `image`, /vqa's video as one named `video`; other fields as form
-fields, `candidates` repeated or as a JSON list). Everything else takes JSON through
-FastAPI's own body parsing.
+fields, `candidates` and `adapters` repeated or as a JSON list). Everything else takes
+JSON through FastAPI's own body parsing.
 """
 
 from __future__ import annotations
@@ -37,15 +37,17 @@ def check_length(request: Request, settings: Settings) -> None:
 
 
 async def read_task_body(request: Request, model: type[BaseModel], settings: Settings,
-                         files: tuple[str, ...] = ("image",)) -> tuple[BaseModel, bytes | None]:
+                         decode_pool=None, files: tuple[str, ...] = ("image",)) -> tuple[BaseModel, bytes | None]:
     """(validated body, raw bytes of the image, or of the video file sent as multipart field
-    'video' when `files` allows it) from JSON or multipart."""
+    'video' when `files` allows it) from JSON or multipart; with a `decode_pool`
+    (server/decode_pool.py) JSON parsing and the image's base64 decoding run in its processes
+    (a JSON video stays in the body, for server/videos.py)."""
     check_length(request, settings)
     ctype = request.headers.get("content-type", "")
     image: bytes | None = None
     if ctype.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=1, max_fields=settings.max_candidates + 8)
+            form = await request.form(max_files=1, max_fields=settings.max_candidates + settings.max_fanout + 8)
         except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for bad forms
             raise BadRequest(f"malformed multipart body ({exc})") from None
         data: dict = {}
@@ -58,8 +60,8 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
                     limit = settings.max_video_bytes if key == "video" else settings.max_image_bytes
                     image = await value.read(limit + 1)  # the decoder refuses what is over the limit
                     data[key] = MULTIPART_IMAGE
-                elif key == "candidates":
-                    data.setdefault("candidates", []).extend(_candidates(value))
+                elif key in ("candidates", "adapters"):  # repeated fields or one JSON list
+                    data.setdefault(key, []).extend(_string_list(value, key))
                 else:
                     data[key] = value
         finally:
@@ -72,30 +74,35 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
             raise PayloadTooLarge(f"request body is over the limit of {settings.max_request_bytes} bytes")
         if not raw:
             raise BadRequest("empty body; send JSON (or multipart/form-data with an 'image' file)")
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise Unprocessable("body must be a JSON object")
+        if decode_pool is not None:
+            data, image = await decode_pool.parse_json(raw)
+        else:
+            try:
+                data = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"body is not valid JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise Unprocessable("body must be a JSON object")
     try:
         body = model.model_validate(data)
     except ValidationError as exc:
         raise Unprocessable(_validation_message(exc)) from None
+    if isinstance(image, Exception):  # the decode worker's base64 error, after the fields validated
+        raise image
     if image is None and getattr(body, "image", None) is not None:
         image = b64decode(body.image)
     return body, image  # image None: a JSON video (server/videos.py reads body.video)
 
 
-def _candidates(value: str) -> list[str]:
+def _string_list(value: str, field: str) -> list[str]:
     text = value.strip()
     if text.startswith("["):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError:
-            raise Unprocessable("candidates: not a JSON list of strings") from None
+            raise Unprocessable(f"{field}: not a JSON list of strings") from None
         if not isinstance(parsed, list) or not all(isinstance(c, str) for c in parsed):
-            raise Unprocessable("candidates: not a JSON list of strings")
+            raise Unprocessable(f"{field}: not a JSON list of strings")
         return parsed
     return [value]
 

@@ -8,6 +8,9 @@
     unitrans_rejected_total{task, reason}           503s (queue full) and timeouts
     unitrans_adapter_requests_total{task, adapter}  rows served per adapter
     unitrans_batch_splits_total                     batches run adapter by adapter (table too small)
+    unitrans_image_cache_hits_total                 image tokens served from the image-feature cache
+    unitrans_image_cache_misses_total               image tokens the ViT had to compute
+    unitrans_image_cache_bytes / _entries           what the cache holds now
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ class Metrics:
 
         self.splits = Counter("unitrans_batch_splits", "batches run adapter by adapter: more distinct adapters "
                               "than free table slots", registry=r)
+
+        self.image_cache_hits = Counter("unitrans_image_cache_hits", "image tokens served from the image-feature "
+                                        "cache (one per image row and vision state)", registry=r)
+        self.image_cache_misses = Counter("unitrans_image_cache_misses", "image tokens computed by the ViT", registry=r)
+        self.image_cache_bytes = Gauge("unitrans_image_cache_bytes", "bytes held by the image-feature cache", registry=r)
+        self.image_cache_entries = Gauge("unitrans_image_cache_entries", "entries in the image-feature cache",
+                                         registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -100,6 +100,9 @@ class AdapterRegistry:
         self.table = AdapterTable(backbone, capacity=settings.adapter_capacity)
         self._loaded: dict[str, Loaded] = {}  # snapshot, replaced whole (the event loop reads it)
         self._headers: dict[str, tuple[str, object]] = {}  # name -> (stat version, AdapterMeta | AdapterFileError)
+        self._serials: dict[str, int] = {}  # name -> number of its latest load/unload (model worker side)
+        self._changes = 0
+        self.on_change: list = []  # callbacks(name) after a load, reload or unload (e.g. cache drops)
 
     # -- shared helpers ---------------------------------------------------------------------
     def path(self, name: str) -> Path | None:
@@ -191,6 +194,16 @@ class AdapterRegistry:
         self._loaded = {n: Loaded(self.table.meta(n), self.table.pinned(n), old.get(n, ""))
                         for n in self.table.names()}
 
+    def serial(self, name: str) -> int:
+        """Changes with every load, reload and unload of `name`: part of cached image-token keys."""
+        return self._serials.get(name, 0)
+
+    def _changed(self, name: str) -> None:
+        self._changes += 1
+        self._serials[name] = self._changes
+        for callback in self.on_change:
+            callback(name)
+
     def _full(self) -> bool:
         names = self.table.names()
         return len(names) >= self.table.capacity and all(self.table.pinned(n) for n in names)
@@ -215,6 +228,7 @@ class AdapterRegistry:
             raise Unprocessable(f"cannot load adapter {name!r}: {exc}") from None
         finally:
             self._refresh({name: version})
+            self._changed(name)
         log.info("loaded adapter %s (%s, %s, rank %s)", name, meta.kind, meta.task, meta.rank)
         return meta
 
@@ -224,6 +238,7 @@ class AdapterRegistry:
             raise NotFound(f"adapter {name!r} is not loaded")
         self.table.evict(name)
         self._refresh()
+        self._changed(name)
 
     def load_defaults(self) -> list[str]:
         """Load and pin each task's default adapter whose file exists; log the others."""

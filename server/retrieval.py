@@ -13,9 +13,11 @@ another backbone, an item replaced since) computes and stores them first. `filte
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
+import torch
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -26,7 +28,8 @@ from server.deps import Services
 from server.errors import NotFound, Unprocessable
 from server.gallery_filter import FilterError, compile_filter
 from server.galleries import space_columns
-from server.inputs import check_text, load_b64_image
+from server.images import b64decode
+from server.inputs import check_text
 from server.registry import FROZEN, check_name
 from server.schemas import Hit, RetrieveRequest, RetrieveResponse
 
@@ -35,16 +38,29 @@ CHUNK = 256  # gallery items decoded and embedded at a time
 SAVE_EVERY = 4096  # vectors written at least this often while filling a gallery (progress survives a restart)
 
 
+class Decoded:
+    """Pixels decoded once per request, shared by a fan-out's per-adapter searches:
+    name -> task making (pixels, content keys), awaited by every adapter."""
+
+    def __init__(self):
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    async def get(self, name: str, make):
+        if name not in self._tasks:
+            self._tasks[name] = asyncio.ensure_future(make())
+        return await self._tasks[name]
+
+
 def _png(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def stored_pixels(svc: Services, kind: str, blobs: list[bytes]):
-    """Stored gallery items -> pixels: images (n, 3, H, W); videos (n, F, 3, H, W)."""
+    """Stored gallery items -> (pixels, content keys): images (n, 3, H, W); videos (n, F, 3, H, W)."""
     if kind == "video":  # stored at video_num_frames; items stored under another setting are resampled to it
         n = svc.settings.video_num_frames
-        return videos.video_pixels(svc.engine, [sample(videos.unpack_frames(b), n) for b in blobs])
-    return svc.engine.pixels([_png(b) for b in blobs])
+        return videos.keyed_video_pixels(svc.engine, [sample(videos.unpack_frames(b), n) for b in blobs])
+    return svc.engine.keyed_pixels([_png(b) for b in blobs])
 
 
 def space(svc: Services, adapter: str | None) -> tuple[str, str]:
@@ -59,8 +75,8 @@ async def gallery_vectors(svc: Services, tbl, kind: str, adapter: str | None) ->
     ids, keys, parts = [], [], []
     while (chunk := await run_in_threadpool(next, batches, None)) is not None:  # CHUNK rows in memory at a time
         if kind in ("image", "video"):
-            pixels = await run_in_threadpool(stored_pixels, svc, kind, [it["image"] for it in chunk])
-            parts.append(await svc.engine.itc_images(pixels, adapter))
+            pixels, content = await run_in_threadpool(stored_pixels, svc, kind, [it["image"] for it in chunk])
+            parts.append(await svc.engine.itc_images(pixels, adapter, keys=content))  # image tokens cached for ITM
         else:
             parts.append(await svc.engine.itc_texts([it["text"] for it in chunk], adapter))
         ids += [it["id"] for it in chunk]
@@ -102,14 +118,26 @@ async def gallery_kind(svc: Services, name: str, allowed: tuple[str, ...]) -> st
 
 
 async def inline_pixels(svc: Services, req: RetrieveRequest):
-    """(kind, pixels) of a text query's inline candidates: images (n, 3, H, W) or videos (n, F, 3, H, W)."""
-    s = svc.settings
-    if req.images is not None:
-        images = [await load_b64_image(it.image, s, f"images[{i}].image") for i, it in enumerate(req.images)]
-        return "image", await run_in_threadpool(svc.engine.pixels, images)
-    clips = [await videos.load_video(it.video, req.num_frames, s, f"videos[{i}].video")
-             for i, it in enumerate(req.videos)]
-    return "video", await run_in_threadpool(videos.video_pixels, svc.engine, clips)
+    """(pixels, content keys) of a text query's inline candidates: images (n, 3, H, W), decoded in
+    the decode processes when there are some, or videos (n, F, 3, H, W)."""
+    if req.videos is not None:
+        clips = [await videos.load_video(it.video, req.num_frames, svc.settings, f"videos[{i}].video")
+                 for i, it in enumerate(req.videos)]
+        return await run_in_threadpool(videos.keyed_video_pixels, svc.engine, clips)
+    raw = [b64decode(it.image, f"images[{i}].image") for i, it in enumerate(req.images)]
+    parts = await asyncio.gather(*(svc.engine.image_pixels(b, f"images[{i}].image") for i, b in enumerate(raw)),
+                                 return_exceptions=True)
+    for part in parts:  # the first bad image by position, not by time
+        if isinstance(part, BaseException):
+            raise part
+    return torch.cat([px for px, _ in parts]), [k for _, keys in parts for k in keys]
+
+
+async def query_pixels(svc: Services, req: RetrieveRequest):
+    """(pixels, content keys) of an image query (1, 3, H, W) or a video query (1, F, 3, H, W)."""
+    if req.video is not None:
+        return await videos.pixels_of(svc, req.video, req.num_frames)
+    return await svc.engine.image_pixels(b64decode(req.image, "image"), "image")
 
 
 def _top(sims: np.ndarray, k: int) -> list[int]:
@@ -118,8 +146,12 @@ def _top(sims: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in top[np.argsort(-sims[top], kind="stable")]]
 
 
-async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
+async def retrieve(svc: Services, req: RetrieveRequest, *, adapter: str | None = None,
+                   decoded: Decoded | None = None) -> RetrieveResponse:
+    """One search with `adapter` (default: the request's); `decoded` shares decoded images
+    between the searches of one fan-out request."""
     s = svc.settings
+    decoded = decoded or Decoded()
     if req.top_k > s.max_top_k:
         raise Unprocessable(f"top_k: {req.top_k} is over the limit of {s.max_top_k}")
     inline = req.images or req.videos or req.texts or []
@@ -135,7 +167,7 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             where = compile_filter(req.filter)
         except FilterError as exc:
             raise Unprocessable(f"filter: {exc}") from None
-    adapter = svc.registry.resolve("retrieve", req.adapter)
+    adapter = svc.registry.resolve("retrieve", req.adapter if adapter is None else adapter)
     engine = svc.engine
 
     if req.text is not None:  # text -> image or video
@@ -146,24 +178,21 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             found = await search_gallery(svc, req.gallery, kind, adapter, query, req.top_k, where)
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
             blobs = [it["image"] for it, _ in found]
-            pixels = await run_in_threadpool(stored_pixels, svc, kind, blobs) if blobs else None
+            pixels, keys = await run_in_threadpool(stored_pixels, svc, kind, blobs) if blobs else (None, None)
         else:
-            kind, all_px = await inline_pixels(svc, req)
+            kind = "video" if req.videos is not None else "image"
             items = req.images or req.videos
-            sims = (await engine.itc_images(all_px, adapter)) @ query
+            all_px, all_keys = await decoded.get("items", lambda: inline_pixels(svc, req))
+            sims = (await engine.itc_images(all_px, adapter, keys=all_keys)) @ query
             top = _top(sims, req.top_k)
             cands = [(items[i].id, float(sims[i]), None) for i in top]
-            pixels = all_px[top]
-        if req.rerank and cands:
-            scores = await engine.itm(pixels, [req.text] * len(cands), adapter)
+            pixels, keys = all_px[top], [all_keys[i] for i in top]
+        if req.rerank and cands:  # image tokens from the cache where the ITC pass left them
+            scores = await engine.itm(pixels, [req.text] * len(cands), adapter, keys=keys)
         direction = f"text_to_{kind}"
     else:  # image or video -> text
-        if req.video is not None:
-            pixels = await videos.pixels_of(svc, req.video, req.num_frames)  # (1, F, 3, H, W)
-        else:
-            image = await load_b64_image(req.image, s, "image")
-            pixels = await run_in_threadpool(engine.pixels, [image])
-        query = (await engine.itc_images(pixels, adapter))[0]
+        pixels, keys = await decoded.get("query", lambda: query_pixels(svc, req))
+        query = (await engine.itc_images(pixels, adapter, keys=keys))[0]
         if req.gallery is not None:
             found = await search_gallery(svc, req.gallery, "text", adapter, query, req.top_k, where)
             cands = [(it["id"], itc, it.get("metadata")) for (it, itc) in found]
@@ -176,7 +205,7 @@ async def retrieve(svc: Services, req: RetrieveRequest) -> RetrieveResponse:
             cands = [(req.texts[i].id, float(sims[i]), None) for i in top]
             texts = [req.texts[i].text for i in top]
         if req.rerank and cands:
-            scores = await engine.itm(pixels, texts, adapter)
+            scores = await engine.itm(pixels, texts, adapter, keys=keys)
         direction = "video_to_text" if req.video is not None else "image_to_text"
 
     if req.rerank and cands:  # `scores`: ITM logits (k, 2) of the ITC top-k

@@ -19,10 +19,26 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def check_fanout(body):
+    """'adapter' xor 'adapters'; fan-out names unique."""
+    names = getattr(body, "adapters", None)
+    if names is not None:
+        if body.adapter is not None:
+            raise ValueError("give 'adapter' (one) or 'adapters' (fan-out), not both")
+        if len(set(names)) != len(names):
+            raise ValueError("adapters: names must be unique")
+    return body
+
+
 # -- tasks ------------------------------------------------------------------------
 class CaptionRequest(Body):
+    _fanout = model_validator(mode="after")(check_fanout)
+
     image: str = Field(..., description="base64 image bytes (PNG, JPEG, GIF, BMP, WebP, TIFF)")
     adapter: str | None = Field(None, description="adapter name; 'none' = frozen backbone; omitted = task default")
+    adapters: list[str] | None = Field(None, min_length=1, description="fan-out: several adapter names (unique; "
+                                       "'none' = frozen backbone); one result per adapter, in this order, under "
+                                       "'per_adapter'. Not with 'adapter'")
     max_new_tokens: int | None = Field(None, ge=1, description="caption length limit in tokens; default 30")
     num_beams: int | None = Field(None, ge=1, description="beam width; default 1 (greedy)")
 
@@ -32,16 +48,25 @@ class CaptionResponse(BaseModel):
     adapter: str = Field(..., description="the adapter that served it ('none' = frozen backbone)")
 
 
+class CaptionFanoutResponse(BaseModel):
+    per_adapter: list[CaptionResponse] = Field(..., description="one result per requested adapter, in order")
+
+
 VIDEO_DOC = ("video: base64 of a video file (MP4, WebM, GIF) or a list of base64 frames; sampled uniformly "
              "to num_frames")
 
 
 class VqaRequest(Body):
+    _fanout = model_validator(mode="after")(check_fanout)
+
     image: str | None = Field(None, description="base64 image; give exactly one of image or video")
     video: str | list[str] | None = Field(None, description=VIDEO_DOC)
     num_frames: int | None = Field(None, ge=1, description="video frames sampled (default: the server's)")
     question: str = Field(..., min_length=1)
     adapter: str | None = None
+    adapters: list[str] | None = Field(None, min_length=1, description="fan-out: several adapter names (unique; "
+                                       "'none' = frozen backbone); one result per adapter, in this order, under "
+                                       "'per_adapter'. Not with 'adapter'")
     candidates: list[str] | None = Field(None, min_length=1, description="rank these answers instead of generating")
     max_new_tokens: int | None = Field(None, ge=1, description="answer length limit in tokens; default 10")
     num_beams: int | None = Field(None, ge=1, description="beam width; default 3 (1 = greedy)")
@@ -59,6 +84,10 @@ class VqaResponse(BaseModel):
     answer: str
     adapter: str
     scores: dict[str, float] | None = Field(None, description="log-likelihood of each candidate (when given)")
+
+
+class VqaFanoutResponse(BaseModel):
+    per_adapter: list[VqaResponse] = Field(..., description="one result per requested adapter, in order")
 
 
 class InlineImage(Body):
@@ -90,6 +119,9 @@ class RetrieveRequest(Body):
     texts: list[InlineText] | None = Field(None, min_length=1)
     top_k: int = Field(5, ge=1, description="results returned (and ITM re-ranked)")
     adapter: str | None = None
+    adapters: list[str] | None = Field(None, min_length=1, description="fan-out: several adapter names (unique; "
+                                       "'none' = frozen backbone); one result per adapter, in this order, under "
+                                       "'per_adapter'. Not with 'adapter'")
     rerank: bool = Field(True, description="re-rank the ITC top-k with the ITM head")
     filter: dict[str, Any] | None = Field(
         None, description='gallery searches only: e.g. {"metadata.colour": "red"}, {"metadata.n": {"$gte": 2}}, '
@@ -110,7 +142,7 @@ class RetrieveRequest(Body):
             raise ValueError("inline items must be of the other modality than the query")
         if self.num_frames is not None and self.video is None and self.videos is None:
             raise ValueError("num_frames: applies to a video query or inline videos")
-        return self
+        return check_fanout(self)
 
 
 class Hit(BaseModel):
@@ -125,6 +157,10 @@ class RetrieveResponse(BaseModel):
     results: list[Hit]
     adapter: str
     direction: Literal["text_to_image", "image_to_text", "text_to_video", "video_to_text"]
+
+
+class RetrieveFanoutResponse(BaseModel):
+    per_adapter: list[RetrieveResponse] = Field(..., description="one result per requested adapter, in order")
 
 
 # -- galleries --------------------------------------------------------------------

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     queue_size: int = Field(256, ge=1, description="waiting requests per task before 503")
     request_timeout_s: float = Field(60.0, gt=0)
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
+    image_cache_mb: float = Field(256.0, ge=0, description="image-feature cache (ViT output tokens per image and "
+                                                           "vision-side adapter state), LRU; 0 = off")
+    max_fanout: int = Field(16, ge=1, description="adapters one request may name in `adapters`")
+    decode_workers: int = Field(0, ge=0, description="processes decoding and preprocessing images off the "
+                                                     "model's GIL; 0 = threads of the server process")
 
     # -- input bounds -----------------------------------------------------------------
     max_request_bytes: int = Field(64 * 2**20, ge=1024)

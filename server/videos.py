@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.backbone.frames import VideoError, VideoLimits, decode_video, sample
 from server.errors import InvalidImage, InvalidVideo, PayloadTooLarge, Unprocessable
+from server.image_features import pixel_keys
 from server.images import b64decode, decode_image, encode_png
 from server.settings import Settings
 
@@ -89,6 +90,13 @@ def video_pixels(engine, videos: list[list[Image.Image]]):
     return tasks.video_pixels(engine.bb, videos)
 
 
+def keyed_video_pixels(engine, videos: list[list[Image.Image]]):
+    """`video_pixels` and one content hash per video, request side: a fan-out's adapters share
+    one ViT pass over the frames (videos are never cached: server/image_features.py)."""
+    px = video_pixels(engine, videos)
+    return px, pixel_keys(px)
+
+
 # -- gallery storage ----------------------------------------------------------------------
 def pack_frames(frames: list[Image.Image]) -> bytes:
     """Frames -> one blob: u32 count, then per frame u32 length + PNG bytes."""
@@ -106,6 +114,7 @@ def unpack_frames(blob: bytes) -> list[Image.Image]:
 
 
 async def pixels_of(svc, value, requested: int | None, field: str = "video"):
-    """One request's video (bytes, base64 or frame list) -> (1, F, 3, H, W), all off the worker."""
+    """One request's video (bytes, base64 or frame list) -> (pixels (1, F, 3, H, W), content keys),
+    all off the worker."""
     frames = await load_video(value, requested, svc.settings, field)
-    return await run_in_threadpool(video_pixels, svc.engine, [frames])
+    return await run_in_threadpool(keyed_video_pixels, svc.engine, [frames])

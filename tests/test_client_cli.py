@@ -64,6 +64,18 @@ def test_caption_vqa_adapters_health(capsys, url, files):
     assert code == 0 and out["health"] == {"status": "ok"} and out["ready"]["ready"]
 
 
+def test_fanout_from_the_cli(capsys, url, files):
+    code, out, _ = run(capsys, url, "caption", files[1], "--adapters", "caption", "none", "caption-lora")
+    assert code == 0 and [r["adapter"] for r in out["per_adapter"]] == ["caption", "none", "caption-lora"]
+    with Client(url) as c:
+        assert out["per_adapter"] == [c.caption(files[1], adapter=a) for a in ("caption", "none", "caption-lora")]
+    code, out, _ = run(capsys, url, "vqa", files[1], "is there a star ?", "--adapters", "vqa", "vqa-b")
+    assert code == 0 and [r["adapter"] for r in out["per_adapter"]] == ["vqa", "vqa-b"]
+    code, out, _ = run(capsys, url, "retrieve", "--text", "a red circle", "--images", *files, "--adapters",
+                       "retrieval", "none")
+    assert code == 0 and [len(r["results"]) for r in out["per_adapter"]] == [3, 3]
+
+
 def test_galleries_and_retrieve(capsys, url, files):
     assert run(capsys, url, "gallery", "create", "cli-g")[0] == 0
     code, out, _ = run(capsys, url, "gallery", "add", "cli-g", *files)

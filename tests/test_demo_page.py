@@ -98,6 +98,29 @@ def test_caption_with_several_adapters(shipped):
     _shot(driver, "caption")
 
 
+def test_named_adapters_only_go_as_one_fanout_request(shipped):
+    url, driver = shipped
+    shipped_caption = [a["name"] for a in httpx.get(url + "/adapters", timeout=30).json()["adapters"]
+                       if a["task"] == "caption"][0]
+    requests = _caption_requests(url)
+    browser.choose(driver, "caption", "green-squares.png", ["none", shipped_caption])
+    browser.run(driver)
+    cards = _cards(driver)
+    assert set(cards) == {"none", shipped_caption}
+    assert _caption_requests(url) == requests + 1, "two named adapters: one fan-out request"
+    image = (Path(examples.REPO) / "examples" / "green-squares.png").read_bytes()
+    fan = httpx.post(url + "/caption", files={"image": image}, data={"adapters": ["none", shipped_caption]},
+                     timeout=60).json()["per_adapter"]
+    for answer in fan:
+        assert answer["caption"] in cards[answer["adapter"]]
+
+
+def _caption_requests(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('unitrans_requests_total{route="/caption"'))
+
+
 def test_vqa_answer_and_candidate_scores(shipped):
     url, driver = shipped
     browser.choose(driver, "vqa", "triangles-and-circle.png", [""])

@@ -103,10 +103,11 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def url():
+@pytest.fixture(scope="module", params=[0, 1], ids=["decode-threads", "decode-processes"])
+def url(request):
+    """The catalogue twice: images (and task JSON bodies) decoded in threads, then in a decode process."""
     with running_server(max_image_bytes=200_000, max_image_pixels=4_000_000, max_top_k=50,
-                        max_request_bytes=1_000_000) as u:
+                        max_request_bytes=1_000_000, decode_workers=request.param) as u:
         yield u
 
 

@@ -20,6 +20,14 @@ tensors with the slot (`bank_key = None`, the default: grouped per adapter in a 
     kind.release(table, index, payload)          undo store's references (not the bank row)
     kind.route(table, members, batch)            [(payload, slot, request indices)] routed
                                                  together (`group_key`) -> RoutingGroups
+
+Sharing the vision tower (serving fan-out and the image-feature cache). The server runs
+the ViT once per image for every adapter that leaves it frozen, and keys cached image
+tokens by the vision-side adapter state, so each kind answers
+
+    kind.touches_vision(meta)   -> bool: does an adapter with this AdapterMeta change the
+                                   ViT's output tokens? (False: its image tokens are the
+                                   frozen backbone's, shared with every such adapter)
 """
 
 from __future__ import annotations
@@ -118,6 +126,12 @@ class AdapterKind:
     def group_key(self, payload, slot: int):
         """Members with equal keys are routed together (one `route` call)."""
         return (self.bank_key or self.name, slot if self.bank_key is None else None)
+
+    # -- sharing the vision tower -----------------------------------------------------------------
+    def touches_vision(self, meta) -> bool:
+        """True when an adapter described by `meta` (an AdapterMeta: targets, options) changes
+        the image tokens the vision encoder outputs. Every kind must answer for itself."""
+        raise NotImplementedError(f"kind {self.name!r} does not say whether it touches the vision tower")
 
     # -- interop --------------------------------------------------------------------------------
     def lora_factors(self, adapter, backbone) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

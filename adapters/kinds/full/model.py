@@ -55,6 +55,9 @@ class FullKind(AdapterKind):
     name = "full"
     servable = False
 
+    def touches_vision(self, meta) -> bool:
+        return True  # its own copy of every weight, the ViT included
+
     def create(self, backbone, *, task, rank=0, seed=0, train_ab=True, **options):
         if options:
             raise ValueError(f"full fine-tuning takes no options, got {sorted(options)}")

@@ -54,6 +54,10 @@ class LoraKind(AdapterKind):
     def create(self, backbone, *, task, rank, seed, train_ab=True, **options):
         return LoraAdapter(LoraConfig(task=task, rank=rank, seed=seed, **options), backbone)  # A, B always train
 
+    def touches_vision(self, meta) -> bool:
+        """(A, B) on the ViT's fused qkv iff "vision" is a target."""
+        return "vision" in meta.targets
+
     def prepare(self, adapter, table) -> dict:
         weights = super().prepare(adapter, table)  # {"A.key": (r, in), "B.key": (out, r)}
         keys = [k[2:] for k in weights if k.startswith("A.")]

@@ -48,6 +48,12 @@ class VcraKind(AdapterKind):
     def reported_kind(self, options: dict) -> str:
         return "vcra-qasn" if options.get("qasn") else "vcra"
 
+    def touches_vision(self, meta) -> bool:
+        """Vectors (Λa, Λb, s) on the ViT's fused qkv iff "vision" is a target; the shared
+        pair alone changes nothing (Λb scales it). QASN runs beside the fusion encoder:
+        it reads image tokens but never changes them."""
+        return "vision" in meta.targets
+
     # -- table slots --------------------------------------------------------------------------
     def new_bank(self, backbone, capacity: int, max_rank: int) -> VectorBank:
         kw = dict(device=backbone.device, dtype=backbone.dtype)

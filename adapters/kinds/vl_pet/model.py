@@ -99,6 +99,10 @@ class VlPetKind(AdapterKind):
         return VlPetAdapter(VlPetConfig(task=task, granularity=self.granularity, rank=rank, seed=seed, **options),
                             backbone)  # every tensor trains; train_ab has no meaning here
 
+    def touches_vision(self, meta) -> bool:
+        """Gates on both residual branches of every ViT layer iff "vision" is a target part."""
+        return "vision" in meta.targets
+
     def prepare(self, adapter, table) -> dict:
         return {"params": super().prepare(adapter, table), "targets": adapter.config.targets}
 

@@ -1,0 +1,196 @@
+"""bench/serve.py's ceiling, fan-out and image-cache levels (issue 13).
+
+    .venv/bin/python bench/serve.py --levels ceiling fanout cache            # shipped model
+    .venv/bin/python bench/serve.py --levels ceiling fanout cache --size base --requests 32 --time-budget 120
+
+Rows, each with p50/p99 latency:
+- ceiling: the model alone, no HTTP: greedy captions in batches of the server's
+  `--max-batch-size`, adapters cycled per row as the server's load does. Rows/s here is
+  what the server could reach if HTTP, JSON, decoding and batching cost nothing.
+- server at each `--concurrency`, and its ratio to the ceiling.
+- fan-out: one image, 4 caption adapters as ONE request (`adapters=[...]`) vs the same 4
+  as 4 concurrent requests; once with adapters leaving the ViT frozen (one shared vision
+  pass) and once with adapters on the ViT (own vision rows, one batched call).
+- cache: 5 questions about one image, asked one after another, with the image-feature
+  cache on vs off (`UNITRANS_IMAGE_CACHE_MB=0`).
+Latencies are per request (per fan-out unit / per 5-question unit where so named).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from adapters import AdapterTable, create_adapter, predict, save_adapter, tasks
+from adapters.backbone import Backbone
+from client import AsyncClient
+
+QUESTIONS = ["what colour is the circle ?", "is there a star ?", "how many squares are there ?",
+             "where is the star ?", "what shape is left of the red circle ?"]
+FROZEN_VIT = ("decoder", "decoder_cross")  # caption adapters leaving the vision tower frozen
+
+
+def pct(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def fanout_adapters(bb_dir: Path, out: Path) -> dict[str, list[str]]:
+    """4 caption adapters on the ViT ('vision') and 4 leaving it frozen ('frozen'), random non-zero vectors."""
+    bb = Backbone.from_dirs(bb_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names: dict[str, list[str]] = {"vision": [], "frozen": []}
+    for group, targets in (("vision", None), ("frozen", FROZEN_VIT)):
+        for i in range(4):
+            extra = {} if targets is None else {"targets": targets}
+            adapter = create_adapter("vcra", bb, task="caption", rank=8, seed=0, **extra)
+            gen = torch.Generator().manual_seed(10 * i + len(group))
+            with torch.no_grad():
+                for p in adapter.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            name = f"fan-{group}-{i}"
+            save_adapter(adapter, out / f"{name}.safetensors", recipe={"bench": True})
+            names[group].append(name)
+    return names
+
+
+def ceiling(bb_dir: Path, adapters: Path, names: list[str], images: list[bytes], args) -> dict:
+    """Offline batched caption throughput at the server's batch size, adapters cycled per row."""
+    bb = Backbone.from_dirs(bb_dir)
+    table = AdapterTable(bb, capacity=max(4, len(names)))
+    for n in names:
+        if n != "none":
+            table.load(n, adapters / f"{n}.safetensors")
+    pils = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    b = args.max_batch_size
+    lat, rows, start = [], 0, time.perf_counter()
+    with torch.inference_mode():
+        for step in range(max(2, args.requests // b)):
+            px = tasks.pixels(bb, [pils[(step * b + j) % len(pils)] for j in range(b)])
+            routing = table.routing([None if (n := names[(step * b + j) % len(names)]) == "none" else n
+                                     for j in range(b)])
+            t0 = time.perf_counter()
+            predict.captions(bb, px, max_new_tokens=args.max_new_tokens, routing=routing)
+            lat.append(time.perf_counter() - t0)
+            rows += b
+            if time.perf_counter() - start > args.time_budget:
+                break
+    return {"n": rows, "rps": rows / sum(lat), "p50": pct(lat, 50), "p99": pct(lat, 99)}
+
+
+async def _units(url: str, concurrency: int, n: int, budget: float, unit) -> dict:
+    """Closed loop: `concurrency` clients each running `unit(client, i)` until n units or budget."""
+    lat: list[float] = []
+    counter = iter(range(n))
+    start = time.perf_counter()
+
+    async def worker(c):
+        for i in counter:
+            if time.perf_counter() - start > budget:
+                return
+            t0 = time.perf_counter()
+            await unit(c, i)
+            lat.append(time.perf_counter() - t0)
+
+    async with AsyncClient(url, timeout=600, max_connections=max(concurrency * 5, 8)) as c:
+        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {"n": len(lat), "rps": len(lat) / wall, "p50": pct(lat, 50), "p99": pct(lat, 99)}
+
+
+def fanout_rows(url: str, names: dict[str, list[str]], images: list[bytes], args, conc: int) -> list[tuple]:
+    rows = []
+    for group, adapters in names.items():
+        async def one_request(c, i, adapters=adapters):
+            await c.caption(images[i % len(images)], adapters=adapters, max_new_tokens=args.max_new_tokens)
+
+        async def four_requests(c, i, adapters=adapters):
+            await asyncio.gather(*(c.caption(images[i % len(images)], adapter=a, max_new_tokens=args.max_new_tokens)
+                                   for a in adapters))
+
+        for mode, unit in (("1 request, adapters=[4]", one_request), ("4 requests", four_requests)):
+            asyncio.run(_units(url, 1, 2, args.time_budget, unit))  # warm-up: adapters loaded, first calls done
+            r = asyncio.run(_units(url, conc, args.requests, args.time_budget, unit))
+            rows.append((f"fan-out, ViT {group}: {mode}", conc, r))
+    return rows
+
+
+def cache_rows(start_server, images: list[bytes], args, conc: int) -> list[tuple]:
+    rows = []
+    for label, mb in (("cache on", None), ("cache off", "0")):
+        with _env("UNITRANS_IMAGE_CACHE_MB", mb):
+            proc, url = start_server()
+        try:
+            async def five(c, i):  # each server process starts with an empty cache
+                for q in QUESTIONS:
+                    await c.vqa(images[i % len(images)], q, adapter="none")
+
+            asyncio.run(_units(url, 1, 1, args.time_budget, lambda c, i: c.vqa(images[-1], QUESTIONS[0])))  # warm-up
+            r = asyncio.run(_units(url, conc, max(8, args.requests // 5), args.time_budget, five))
+            rows.append((f"5 questions on one image, {label} (per 5)", conc, r))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    return rows
+
+
+@contextmanager
+def _env(name: str, value: str | None):
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def table(rows: list[tuple], ceiling_rps: float | None) -> str:
+    out = ["| row | concurrency | n | per s | p50 ms | p99 ms | vs ceiling |", "|---|---|---|---|---|---|---|"]
+    for label, conc, r in rows:
+        ratio = f"{r['rps'] / ceiling_rps:.2f}" if ceiling_rps and label.startswith("server") else ""
+        out.append(f"| {label} | {conc} | {r['n']} | {r['rps']:.1f} | {r['p50'] * 1000:.0f} | "
+                   f"{r['p99'] * 1000:.0f} | {ratio} |")
+    return "\n".join(out)
+
+
+def run(bb_dir: Path, work: Path, images: list[bytes], names: list[str], adapters: Path, start_server, load,
+        args) -> None:
+    """The levels of `args.levels` among ceiling / fanout / cache; prints one markdown table."""
+    rows, ceil = [], None
+    if "ceiling" in args.levels:
+        ceil = ceiling(bb_dir, adapters, names, images, args)
+        label = f"ceiling: model alone, batch {args.max_batch_size}, no HTTP (rows/s; p50/p99 per call)"
+        rows.append((label, "-", ceil))
+        proc, url = start_server(adapters)
+        try:
+            for conc in args.concurrency:
+                r = asyncio.run(load(url, images, names, conc, args.requests, args.time_budget, args.max_new_tokens))
+                rows.append(("server, mixed adapters (requests)", conc, r))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    if "fanout" in args.levels:
+        fan_dir = work / "fan-adapters"
+        fan_names = fanout_adapters(bb_dir, fan_dir)
+        proc, url = start_server(fan_dir)
+        try:
+            rows += fanout_rows(url, fan_names, images, args, max(args.concurrency))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    if "cache" in args.levels:
+        rows += cache_rows(lambda: start_server(adapters), images, args, max(args.concurrency))
+    print("\n" + table(rows, ceil["rps"] if ceil else None), flush=True)
