@@ -85,7 +85,7 @@ def test_adapter_table_lists_what_the_server_lists(shipped):
 def test_caption_with_several_adapters(shipped):
     url, driver = shipped
     shipped_caption = [a["name"] for a in httpx.get(url + "/adapters", timeout=30).json()["adapters"]
-                       if a["task"] == "caption"][0]  # caption-vcra-qasn today
+                       if a["task"] == "caption"][0]  # the shipped caption adapter
     browser.choose(driver, "caption", "triangles-and-circle.png", ["", "none", shipped_caption])
     text = browser.run(driver)
     cards = _cards(driver)

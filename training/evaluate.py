@@ -1,7 +1,7 @@
 """Evaluate a task adapter (or the bare frozen backbone) on an annotation file.
 
     python -m training.evaluate --task caption --backbone models/blip-shapes \
-        --adapter models/adapters/caption-vcra-qasn.safetensors --data world/caption_test.json --image-root world
+        --adapter models/adapters/caption.safetensors --data world/caption_test.json --image-root world
     python -m training.evaluate --task retrieval --backbone models/blip-shapes --adapter none \
         --data world/retrieval_test.json --image-root world --k-test 16
     python -m training.evaluate --task vqa --backbone models/blip-shapes --adapter vqa.safetensors \
