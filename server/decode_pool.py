@@ -21,15 +21,15 @@ prepared: a slow upload holds its own connection, never a batch.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from server.errors import ApiError, BadRequest, Unprocessable
+from server.errors import ApiError
 from server.image_features import pixel_keys
 from server.images import b64decode, decode_image
+from server.inputs import json_object
 
 DECODED_IMAGE = "<decoded by a decode worker>"  # stands in for the base64 string while the fields validate
 
@@ -61,12 +61,7 @@ def _decode_prepare(data: bytes, max_bytes: int, max_pixels: int, field: str):
 def parse_json_body(raw: bytes) -> tuple[dict, bytes | ApiError | None]:
     """A task's JSON body -> (its fields, the image's base64 replaced by DECODED_IMAGE; the image
     bytes, or the error decoding them, raised only after the fields validate; None: no image string)."""
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise Unprocessable("body must be a JSON object")
+    data = json_object(raw)
     image = None
     if isinstance(data.get("image"), str):
         try:

@@ -22,6 +22,17 @@ from server.settings import Settings
 MULTIPART_IMAGE = "<multipart file>"
 
 
+
+def json_object(raw: bytes) -> dict:
+    """A request body that must be one JSON object: 400 if it is not JSON, 422 if not an object."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise Unprocessable("body must be a JSON object")
+    return data
+
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -77,12 +88,7 @@ async def read_task_body(request: Request, model: type[BaseModel], settings: Set
         if decode_pool is not None:
             data, image = await decode_pool.parse_json(raw)
         else:
-            try:
-                data = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise BadRequest(f"body is not valid JSON ({exc})") from None
-            if not isinstance(data, dict):
-                raise Unprocessable("body must be a JSON object")
+            data = json_object(raw)
     try:
         body = model.model_validate(data)
     except ValidationError as exc:

@@ -65,15 +65,11 @@ def rank_answers(bb, image_embeds: torch.Tensor, ids: list[torch.Tensor], candid
                  routing=None) -> list[torch.Tensor]:
     """Log-likelihood of each candidate per question: list of (C_i,), as `predict.rank_answers`."""
     bb.require("vqa")
-    if len(candidates) != image_embeds.shape[0] or any(len(c) == 0 for c in candidates):
+    if len(candidates) != image_embeds.shape[0]:
         raise ValueError("candidates needs one non-empty list per image")
-    k = max(len(c) for c in candidates)
-    flat = [c[j] if j < len(c) else c[0] for c in candidates for j in range(k)]
     with routed_if_given(routing):
         states, states_mask = _question_states(bb, image_embeds, ids)
-        scores = tasks.answer_log_likelihood(bb, states.repeat_interleave(k, dim=0), flat,
-                                             states_mask.repeat_interleave(k, dim=0)).view(-1, k)
-    return [scores[i, : len(c)] for i, c in enumerate(candidates)]
+        return tasks.rank_candidates(bb, states, states_mask, candidates)
 
 
 def itc_image(bb, image_embeds: torch.Tensor) -> torch.Tensor:

@@ -201,20 +201,29 @@ def answer_log_likelihood(bb, states: torch.Tensor, answers: list[str],
     return (logp * mask[:, 1:]).sum(-1)
 
 
-def vqa_rank(bb, pixel_values, input_ids, attention_mask, candidates: list[list[str]], *, routing=None) -> list[torch.Tensor]:
-    """Log-likelihood of each given candidate answer, per question: list of (C_i,).
-    Candidate lists are padded to the longest so each row's candidates are k
-    consecutive rows (the layout `expand_rows` routes)."""
-    bb.require("vqa")
-    if len(candidates) != pixel_values.shape[0] or any(len(c) == 0 for c in candidates):
+def rank_candidates(bb, states: torch.Tensor, states_mask: torch.Tensor,
+                    candidates: list[list[str]]) -> list[torch.Tensor]:
+    """Log-likelihood of each candidate answer given fused question states (B, Lq, Ht) under
+    their mask (B, Lq): list of (C_i,). Candidate lists are padded to the longest so each
+    row's candidates are k consecutive rows (the layout `expand_rows` routes). Runs under
+    whatever routing is in force."""
+    if len(candidates) != states.shape[0] or any(len(c) == 0 for c in candidates):
         raise ValueError("candidates needs one non-empty list per image")
     k = max(len(c) for c in candidates)
     flat = [c[j] if j < len(c) else c[0] for c in candidates for j in range(k)]
+    scores = answer_log_likelihood(bb, states.repeat_interleave(k, dim=0), flat,
+                                   states_mask.repeat_interleave(k, dim=0)).view(-1, k)
+    return [scores[i, : len(c)] for i, c in enumerate(candidates)]
+
+
+def vqa_rank(bb, pixel_values, input_ids, attention_mask, candidates: list[list[str]], *, routing=None) -> list[torch.Tensor]:
+    """Log-likelihood of each given candidate answer, per question: list of (C_i,)."""
+    bb.require("vqa")
+    if len(candidates) != pixel_values.shape[0]:
+        raise ValueError("candidates needs one non-empty list per image")
     with routed_if_given(routing):
         states = question_states(bb, pixel_values, input_ids, attention_mask)  # (B, Lq, Ht)
-        mask = question_mask(input_ids, attention_mask).repeat_interleave(k, dim=0)  # (B*k, Lq)
-        scores = answer_log_likelihood(bb, states.repeat_interleave(k, dim=0), flat, mask).view(-1, k)
-    return [scores[i, : len(c)] for i, c in enumerate(candidates)]
+        return rank_candidates(bb, states, question_mask(input_ids, attention_mask), candidates)
 
 
 # -- retrieval ------------------------------------------------------------------
