@@ -13,11 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
-from adapters import create_adapter, save_adapter
 from adapters.backbone import Backbone
-from tests.test_server_harness import tiny_world
+from tests.test_server_harness import tiny_world, write_random_adapter
 
 # name -> (kind, task, targets): none of them targets "vision"
 TEXT_ONLY = {
@@ -43,12 +40,7 @@ def fanout_world() -> Path:
     root = copy_world(tiny_world())
     bb = Backbone.from_dirs(root / "backbone")
     for i, (name, (kind, task, targets)) in enumerate(TEXT_ONLY.items()):
-        adapter = create_adapter(kind, bb, task=task, rank=4, seed=0, targets=targets)
-        gen = torch.Generator().manual_seed(500 + i)
-        with torch.no_grad():
-            for p in adapter.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 if kind == "vcra" else 0.3))
-        save_adapter(adapter, root / "adapters" / f"{name}.safetensors", recipe={"test": True})
+        write_random_adapter(bb, root / "adapters" / f"{name}.safetensors", kind, task, seed=500 + i, targets=targets)
     return root
 
 

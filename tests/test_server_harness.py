@@ -53,13 +53,19 @@ def tiny_world() -> Path:
     bb = Backbone.from_dirs(root / "backbone")
     (root / "adapters").mkdir()
     for i, (name, (kind, task)) in enumerate(ADAPTERS.items()):
-        adapter = create_adapter(kind, bb, task=task, rank=4, seed=0)
-        gen = torch.Generator().manual_seed(100 + i)
-        with torch.no_grad():
-            for p in adapter.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 if kind == "vcra" else 0.3))
-        save_adapter(adapter, root / "adapters" / f"{name}.safetensors", recipe={"test": True})
+        write_random_adapter(bb, root / "adapters" / f"{name}.safetensors", kind, task, seed=100 + i)
     return root
+
+
+def write_random_adapter(bb, path: Path, kind: str, task: str, seed: int, **options) -> None:
+    """An adapter file whose every parameter is random and non-zero (so it really changes the
+    outputs, unlike a fresh adapter, which equals the frozen model)."""
+    adapter = create_adapter(kind, bb, task=task, rank=4, seed=0, **options)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (1.5 if kind == "vcra" else 0.3))
+    save_adapter(adapter, path, recipe={"test": True})
 
 
 def settings_for(world: Path, data: Path | None = None, **overrides) -> Settings:
