@@ -185,7 +185,7 @@ def pretrain_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
                                     reduction="mean").loss
     out["loss"] = out["itc"] + out["itm"] + out["lm"]
     if "prefix_ids" in batch:
-        with routed(route(len(ids))):
+        with routed(route(len(batch["prefix_ids"]))):
             states = tasks.fuse(bb, batch["prefix_ids"], batch["prefix_mask"], image_embeds)  # (N, Lp, H)
             ids, labels = lm_labels(batch["suffix_ids"], batch["suffix_mask"], bb.config.text_config.bos_token_id)
             out["prefix_lm"] = bb.text_decoder(input_ids=ids, attention_mask=batch["suffix_mask"],
