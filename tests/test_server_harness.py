@@ -11,6 +11,7 @@ bound to 127.0.0.1:0.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import io
@@ -28,7 +29,7 @@ import uvicorn
 from PIL import Image
 
 from adapters import create_adapter, save_adapter
-from client import ConnectionFailed
+from client import AsyncClient, Client, ConnectionFailed
 from adapters.backbone import Backbone
 from server.app import create_app
 from server.settings import Settings
@@ -129,3 +130,16 @@ def wait_ready(client, proc, seconds: float = 90) -> None:
             pass
         assert time.time() < deadline and proc.poll() is None, "server did not come up"
         time.sleep(0.25)
+
+
+def alone_then_together(url: str, reqs: list[tuple[str, dict]]) -> tuple[list, list]:
+    """Each (client method, kwargs) request sent one at a time, then all at once (the server
+    batches them together): (answers alone, answers together), in request order."""
+    with Client(url) as c:
+        alone = [getattr(c, name)(**kw) for name, kw in reqs]
+
+    async def together():
+        async with AsyncClient(url) as ac:
+            return await asyncio.gather(*(getattr(ac, name)(**kw) for name, kw in reqs))
+
+    return alone, asyncio.run(together())

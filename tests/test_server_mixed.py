@@ -9,7 +9,7 @@ import re
 import pytest
 
 from client import AsyncClient, Client
-from tests.test_server_harness import images, running_server
+from tests.test_server_harness import alone_then_together, images, running_server
 
 
 def _requests(imgs):
@@ -50,14 +50,7 @@ def test_concurrent_mixed_adapters_match_one_by_one():
     imgs = images(12, seed=3)
     reqs = _requests(imgs)
     with running_server(max_wait_ms=40, max_batch_size=16) as url:
-        with Client(url) as c:
-            alone = [getattr(c, name)(**kw) for name, kw in reqs]
-
-        async def together():
-            async with AsyncClient(url) as ac:
-                return await asyncio.gather(*(getattr(ac, name)(**kw) for name, kw in reqs))
-
-        mixed = asyncio.run(together())
+        alone, mixed = alone_then_together(url, reqs)
         with Client(url) as c:
             metrics = c.metrics()
     for i, (a, m) in enumerate(zip(alone, mixed)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import httpx
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 from PIL import Image
 
 from client import Client
-from tests.test_server_harness import images, running_server
+from tests.test_server_mixed import _same
+from tests.test_server_harness import alone_then_together, images, running_server
 from tests.video_helpers import gif, moving_square_frames, mp4, webm, webm_no_frames
 
 LIMITS = dict(max_video_seconds=3.0, max_video_pixels=64 * 64, max_video_bytes=40_000, max_video_num_frames=6,
@@ -175,11 +177,6 @@ def test_concurrent_video_requests_of_mixed_adapters_and_frame_counts_match_one_
     """Video VQA (generated and ranked) and video ITC/ITM, naming different adapters, with 2
     and 4 frames, sent at once beside image requests: each answer equals the request alone,
     and the video rows really shared batches."""
-    import asyncio
-    import re
-
-    from client import AsyncClient
-    from tests.test_server_mixed import _same
 
     clips = [gif(moving_square_frames(6 + i, colour=c, seed=i)) for i, c in
              enumerate([(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 220, 30)])]
@@ -196,14 +193,7 @@ def test_concurrent_video_requests_of_mixed_adapters_and_frame_counts_match_one_
             reqs.append(("retrieve", dict(video=clip, num_frames=n, texts={"a": "red", "b": "two green triangles"},
                                           adapter=["retrieval", "retrieval-b"][i % 2])))
     with running_server(max_wait_ms=40, max_batch_size=16, **LIMITS) as u:
-        with Client(u) as c:
-            alone = [getattr(c, name)(**kw) for name, kw in reqs]
-
-        async def together():
-            async with AsyncClient(u) as ac:
-                return await asyncio.gather(*(getattr(ac, name)(**kw) for name, kw in reqs))
-
-        mixed = asyncio.run(together())
+        alone, mixed = alone_then_together(u, reqs)
         with Client(u) as c:
             metrics = c.metrics()
     for i, (a, m) in enumerate(zip(alone, mixed)):
