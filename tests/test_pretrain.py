@@ -111,3 +111,40 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (split.parent / "split.ckpt" / "log.jsonl").read_text().splitlines()]
     assert {"event": "resume", "global_step": 3} in log
+
+
+def test_init_continues_from_a_backbone_on_the_streams_next_pairs(backbone_dir, tmp_path):
+    out = tmp_path / "continued"
+    record = pretrain.main(["--out", str(out), "--init", str(backbone_dir), "--world-seed", "5", "--steps", "2",
+                            "--batch-pairs", "4", "--ckpt-every", "2", "--threads", "2", "--probe-pairs", "0",
+                            "--no-progress"])
+    first = json.loads((backbone_dir / "pretrain.json").read_text())
+    assert [st["pairs"] for st in record["stages"]] == [4 * 4, 2 * 4]  # the init's 4 steps x 4 pairs, then ours
+    assert record["stages"][0]["args"] == first["args"]
+    assert record["train_seconds_total"] == pytest.approx(first["train_seconds"] + record["train_seconds"], abs=0.2)
+    # the init's weights were the start (not a fresh init): sizes are the init's, not the CLI defaults
+    assert json.loads((out / "config.json").read_text())["vision_config"]["hidden_size"] == 32
+    # the stream of the continued run starts where the init's ended
+    assert AltTextPairs(5, "train", 8, 32, start=16)[0][0][2] == AltTextPairs(5, "train", 32, 32)[16][0][2]
+
+
+def test_sincos_positions_give_every_patch_a_distinct_position_of_known_norm(backbone_dir):
+    grid = pretrain.sincos_grid(4, 32)
+    assert grid.shape == (16, 32)
+    assert torch.allclose(grid.norm(dim=-1), torch.full((16,), 4.0))  # sqrt(dim / 2)
+    assert torch.cdist(grid, grid).add(torch.eye(16)).min() > 0.1  # no two patches share a position
+    bb = Backbone.from_dirs(backbone_dir)
+    before = bb.vision_model.embeddings.position_embedding.detach().clone()
+    pretrain.add_sincos_positions(bb, 0.5)
+    after = bb.vision_model.embeddings.position_embedding.detach()
+    assert torch.equal(after[0, 0], before[0, 0])  # CLS keeps its embedding
+    assert torch.allclose(after[0, 1:] - before[0, 1:], 0.5 * pretrain.sincos_grid(4, 32), atol=1e-6)  # 32 px / patch 8
+    assert bb.fingerprint != Backbone.from_dirs(backbone_dir).fingerprint
+
+
+def test_probe_reads_a_pretraining_checkpoint(backbone_dir):
+    from training.shapes.probe import from_checkpoint
+    ckpt = backbone_dir.parent / (backbone_dir.name + ".ckpt") / "last.pt"  # the fixture run's last step
+    bb = from_checkpoint(backbone_dir, ckpt)
+    saved = Backbone.from_dirs(backbone_dir)  # written from the same final weights
+    assert bb.fingerprint == saved.fingerprint

@@ -13,7 +13,8 @@ from PIL import Image
 
 from training.shapes.language import Description, Mention, alt_text, canonical_captions, holds, is_canonical
 from training.shapes.render import COLOURS, SHAPES, Group
-from training.shapes.world import PROMPT, POOL_DOWNSTREAM, POOL_PRETRAIN, load_texts, main, scene_pair
+from training.shapes.world import PRETRAIN_MUTATIONS, PROMPT, POOL_DOWNSTREAM, POOL_PRETRAIN, difference, load_texts, \
+    main, scene_pair
 from training.tokenizer import build_tokenizer
 
 N = 120  # 60 pretraining images, 30 downstream sibling pairs
@@ -155,3 +156,29 @@ def test_vocabulary_is_closed_and_tokenizes_to_whole_words(worlds):
         assert len(pieces) == len(text.replace(",", " ,").replace(":", " :").replace(";", " ;").split())
     # a tokenizer from another seed's world has the very same vocabulary
     assert build_tokenizer(load_texts(worlds["c"])).get_vocab() == tokenizer.get_vocab()
+
+
+def test_pretraining_captions_mostly_tell_siblings_apart():
+    """The stream draws most captions false of the sibling: relation siblings, whose captions
+    would rarely make a spatial claim by chance, become hard negatives only grounding solves."""
+    told, relation_told, relation = 0, 0, 0
+    for p in range(150):
+        rng, a, b = scene_pair(2, POOL_PRETRAIN, "train", p, 64)
+        for scene, sibling in ((a, b), (b, a)):
+            text, desc = alt_text(rng, scene, contrast=sibling, contrast_share=1.0)
+            assert holds(desc, scene) and not is_canonical(text)
+            told += not holds(desc, sibling)
+            if difference(a, b) == "relation":
+                relation += 1
+                relation_told += not holds(desc, sibling)
+    assert told >= 0.85 * 300 and relation >= 40 and relation_told >= 0.85 * relation
+
+
+def test_pretraining_mutations_follow_their_weights():
+    kinds = [difference(*scene_pair(3, POOL_PRETRAIN, "train", p, 64)[1:]) for p in range(600)]
+    share = {k: kinds.count(k) / len(kinds) for k in PRETRAIN_MUTATIONS}
+    assert share["relation"] > share["colour"] + 0.1 and share["shape"] > share["size"] + 0.05
+    uniform = [difference(*scene_pair(3, POOL_PRETRAIN, "train", p, 64, "uniform")[1:]) for p in range(600)]
+    assert uniform.count("relation") < kinds.count("relation") / 1.5  # v2's first stage: relation only ~14%
+    downstream = [difference(*scene_pair(3, POOL_DOWNSTREAM, "train", p, 64)[1:]) for p in range(600)]
+    assert "size" not in downstream  # captions cannot say sizes, so downstream siblings never differ in one

@@ -65,6 +65,21 @@ def probe_table(probe: dict) -> str:
     return "\n".join(out)
 
 
+def _flags(args: dict) -> str:
+    keys = ("steps", "hidden", "layers", "heads", "patch", "image_size", "batch_pairs", "lr", "warmup", "mutations",
+            "contrast_share", "seed", "world_seed")
+    return " ".join(f"--{k.replace('_', '-')} {args[k]}" for k in keys if k in args and not (args.get("init") and k in
+                    ("hidden", "layers", "heads", "patch", "image_size")))
+
+
+def _stage_commands(backbone: Path, stages: list[dict]) -> list[str]:
+    """One pretrain command per stage; stage k > 0 starts from stage k-1's directory."""
+    outs = [f"/tmp/{backbone.name}-stage{k}" for k in range(len(stages) - 1)] + [str(backbone)]
+    return [f".venv/bin/python -m training.shapes.pretrain --out {out}"
+            + (f" --init {outs[k - 1]}" if k else "") + f" {_flags(st['args'])}"
+            for k, (out, st) in enumerate(zip(outs, stages))]
+
+
 def card(backbone: Path, served: dict | None) -> str:
     cfg = json.loads((backbone / "config.json").read_text())
     rec = json.loads((backbone / "pretrain.json").read_text())
@@ -73,9 +88,8 @@ def card(backbone: Path, served: dict | None) -> str:
     patches = (v["image_size"] // v["patch_size"]) ** 2
     last = rec["last"]
     losses = ", ".join(f"{k} {last[k]:.3f}" for k in ("itc", "itm", "itm_acc", "lm", "prefix_lm") if k in last)
-    flags = " ".join(f"--{k.replace('_', '-')} {val}" for k, val in a.items()
-                     if k in ("steps", "hidden", "layers", "heads", "patch", "image_size", "batch_pairs", "lr", "seed",
-                              "world_seed"))
+    stages = rec.get("stages") or [{"args": a, "train_seconds": rec["train_seconds"]}]
+    total_s = rec.get("train_seconds_total", rec["train_seconds"])
     lines = [
         f"# {backbone.name}: the small default BLIP backbone", "",
         f"A BLIP of transformers' architecture at small size ({rec['parameters'] / 1e6:.2f}M parameters, "
@@ -106,9 +120,10 @@ def card(backbone: Path, served: dict | None) -> str:
         "sampled from the ITC softmax (siblings are in the batch), LM on \"a picture of <alt text>\", and a "
         "prefix LM: the alt text's first words fused with the image by the text encoder, the decoder "
         "continuing from those fused states, the path BLIP's VQA takes.", "",
-        f"Flags: `{flags}` (others at their defaults). Wall time of the training steps: "
-        f"{rec['train_seconds'] / 60:.1f} min on 2 CPU cores. Last logged losses (step {last.get('step')}): "
-        f"{losses}.", "",
+        f"Stages (each continues the one before with `--init`, on the stream's next pairs; other flags at "
+        f"their defaults): " + "; ".join(f"`{_flags(st['args'])}` ({st['train_seconds'] / 60:.1f} min)"
+                                         for st in stages) + f". Wall time of the training steps: "
+        f"{total_s / 60:.1f} min on 2 CPU cores. Last logged losses (step {last.get('step')}): {losses}.", "",
         "## What it knows: sibling-pair probe", "",
         f"`training.shapes.probe` on {rec['probe']['pairs']} validation pairs: % of pairs where the backbone "
         "scores an image's own caption above its sibling's (chance 50), by the attribute that differs.", "",
@@ -120,7 +135,7 @@ def card(backbone: Path, served: dict | None) -> str:
                   "(`models/adapters/{caption,vqa,retrieval}.safetensors`) and with `adapter: none` (frozen).", "",
                   served_tables(served), ""]
     lines += ["## Reproduce", "", "```bash",
-              f".venv/bin/python -m training.shapes.pretrain --out {backbone} {flags}",
+              *_stage_commands(backbone, stages),
               f".venv/bin/python -m training.shapes.card --backbone {backbone} --served docs/served_eval.json",
               "```", "",
               "An interrupted run continues with the same command plus `--resume` (checkpoints in "

@@ -241,9 +241,22 @@ def _checklist(rng, scene: Scene) -> tuple[str, Description]:
     return ", ".join(items), Description(tuple(items.values()))
 
 
-def alt_text(rng: np.random.Generator, scene: Scene) -> tuple[str, Description]:
+def alt_text(rng: np.random.Generator, scene: Scene, contrast: Scene | None = None,
+             contrast_share: float = 0.0) -> tuple[str, Description]:
     """One pretraining caption of `scene` and what it claims: true of the scene, never
-    in the canonical form."""
+    in the canonical form. With `contrast` (the sibling), a `contrast_share` of captions
+    are also false of it, so the pair is a hard negative only grounding can tell apart
+    (a relation sibling needs a spatial claim; few captions make one by chance)."""
+    want = contrast is not None and rng.random() < contrast_share
+    for attempt in range(60):
+        text, d = _alt_text_once(rng, scene)
+        if want and attempt < 40 and holds(d, contrast):
+            continue
+        return text, d
+    raise RuntimeError("no alt text found")
+
+
+def _alt_text_once(rng: np.random.Generator, scene: Scene) -> tuple[str, Description]:
     for _ in range(20):
         r = rng.random()
         if r < 0.08:

@@ -2,6 +2,7 @@
 
     python -m training.shapes.pretrain --out models/blip-shapes --steps 4000
     python -m training.shapes.pretrain --out models/blip-shapes --steps 4000 --resume   # after a stop
+    python -m training.shapes.pretrain --out /tmp/bb-next --init models/blip-shapes --steps 3000  # continue
 
 Every BLIP part trains with BLIP's three objectives (training.losses.pretrain_loss:
 ITC, ITM with hard negatives, LM) through training.loop, the same loop, schedule and
@@ -17,7 +18,9 @@ false negatives.
 Writes a *backbone directory* to --out (config.json, model.safetensors, processor files)
 and pretrain.json (arguments, wall time, last losses, and the probe of
 training.shapes.probe on validation pairs); checkpoints go to <out>.ckpt/ and a JSONL
-log to <out>.ckpt/log.jsonl.
+log to <out>.ckpt/log.jsonl. With --init, pretraining continues from a backbone directory
+on the stream's next pairs (never ones the init saw), and pretrain.json lists every stage
+with its flags and wall time.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from training import losses  # noqa: E402
 from training.loop import LoopConfig, train  # noqa: E402
 from training.shapes.language import vocabulary_texts  # noqa: E402
 from training.shapes.probe import probe  # noqa: E402
-from training.shapes.world import AltTextPairs  # noqa: E402
+from training.shapes.world import CONTRAST_SHARE, MUTATION_SETS, AltTextPairs  # noqa: E402
 from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer  # noqa: E402
 
 
@@ -67,6 +70,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--world-seed", type=int, default=0, help="seed of the streamed world")
     p.add_argument("--seed", type=int, default=0, help="seed of init, batch order and negative sampling")
     p.add_argument("--steps", type=int, default=4000, help="optimizer steps (the LR schedule spans them)")
+    p.add_argument("--mutations", default="weighted", choices=sorted(MUTATION_SETS),
+                   help="how sibling pairs differ (training.shapes.world.MUTATION_SETS)")
+    p.add_argument("--contrast-share", type=float, default=CONTRAST_SHARE,
+                   help="share of captions drawn to be false of the image's sibling")
+    p.add_argument("--sincos-positions", type=float, default=0.5,
+                   help="add a 2-D sin-cos grid times this to the ViT position embeddings before training (row norm "
+                        "8x this): v2's learned positions grew to norm 0.6 beside patch features of norm 11.5, and "
+                        "it could not tell left from right (0: leave them)")
     p.add_argument("--batch-pairs", type=int, default=32, help="sibling pairs per step (rows = 2x)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--warmup", type=float, default=0.04, help="fraction of steps with linear warmup, then cosine")
@@ -80,6 +91,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=40, help="max text tokens, prompt included")
     p.add_argument("--max-positions", type=int, default=64, help="text position embeddings (longest servable text)")
     p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps")
+    p.add_argument("--init", default=None,
+                   help="continue from this backbone directory (size flags are then its own); the stream starts "
+                        "after the pairs its pretrain.json says it saw")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt/last.pt if it exists")
     p.add_argument("--stop-after", type=int, default=0,
                    help="leave at this step with the checkpoint kept, as an interruption would (0: run to the end)")
@@ -100,16 +114,42 @@ def build_backbone(args) -> Backbone:
     return Backbone.from_config(config, processor)  # each part with transformers' own init
 
 
+def sincos_grid(side: int, dim: int) -> torch.Tensor:
+    """(side*side, dim) row-major patch grid: [sin, cos] of x, then of y, at dim/4 geometric
+    frequencies each; every row has norm sqrt(dim/2)."""
+    cells = torch.arange(side, dtype=torch.float32)
+    y, x = torch.meshgrid(cells, cells, indexing="ij")
+    quarter = dim // 4
+    freq = 100.0 ** (-torch.arange(quarter, dtype=torch.float32) / quarter)  # 1 .. ~1/100 radians per patch
+    angles = [c.flatten()[:, None] * freq[None] for c in (x, y)]
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
+
+
+def add_sincos_positions(bb: Backbone, scale: float) -> None:
+    """Position embeddings (1, 1 + patches, hidden) += scale * sincos_grid on the patch rows (not CLS)."""
+    pos = bb.vision_model.embeddings.position_embedding
+    side = bb.config.vision_config.image_size // bb.config.vision_config.patch_size
+    with torch.no_grad():
+        pos[0, 1:] += scale * sincos_grid(side, pos.shape[-1])
+    bb._fingerprint = None
+
+
 def main(argv: list[str]) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     ckpt_dir = out.parent / (out.name + ".ckpt")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fresh = build_backbone(args)
+    stages = _prior_stages(Path(args.init)) if args.init else []
+    fresh = Backbone.from_dirs(args.init) if args.init else build_backbone(args)
+    if args.sincos_positions:
+        add_sincos_positions(fresh, args.sincos_positions)
     model = FullFinetune(fresh, task="pretrain")  # trains a copy; `fresh` stays the untouched init (asserted)
     n_params = model.trainable_count()
-    data = AltTextPairs(args.world_seed, "train", args.steps * args.batch_pairs, args.image_size)
+    start = sum(st["pairs"] for st in stages)  # a continued run takes the stream's next pairs
+    data = AltTextPairs(args.world_seed, "train", args.steps * args.batch_pairs,
+                        fresh.config.vision_config.image_size, start=start, mutations=args.mutations,
+                        contrast_share=args.contrast_share)
     print(f"{n_params / 1e6:.2f}M parameters, {args.steps} steps x {2 * args.batch_pairs} rows, "
           f"vocab {len(fresh.processor.tokenizer)}", flush=True)
     cfg = LoopConfig(task="pretrain", epochs=1, batch_size=args.batch_pairs, lr=args.lr,
@@ -125,14 +165,26 @@ def main(argv: list[str]) -> dict:
     if not result["finished"]:
         return {"stopped_at": result["steps"]}
     model.model.save_pretrained(out)  # config.json, model.safetensors (fp32), processor files
+    seconds = _logged_seconds(ckpt_dir / "log.jsonl")
+    stages.append({"args": vars(args), "pairs": args.steps * args.batch_pairs, "train_seconds": seconds})
     record = {"args": vars(args), "parameters": n_params, "train_seconds_this_run": result["seconds"],
-              "train_seconds": _logged_seconds(ckpt_dir / "log.jsonl"), "last": _last_record(ckpt_dir / "log.jsonl")}
+              "train_seconds": seconds, "train_seconds_total": round(sum(st["train_seconds"] for st in stages), 1),
+              "stages": stages, "last": _last_record(ckpt_dir / "log.jsonl")}
     if args.probe_pairs:
         record["probe"] = probe(Backbone.from_dirs(out), args.world_seed, "val", args.probe_pairs,
                                 sheet=out / "contact_sheet.png")
         print(json.dumps(record["probe"], indent=1))
     (out / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _prior_stages(init: Path) -> list[dict]:
+    """The pretraining stages that produced backbone directory `init`, oldest first."""
+    rec = json.loads((init / "pretrain.json").read_text())
+    if "stages" in rec:
+        return rec["stages"]
+    return [{"args": rec["args"], "pairs": rec["args"]["steps"] * rec["args"]["batch_pairs"],
+             "train_seconds": rec["train_seconds"]}]  # written before stages were recorded
 
 
 def _records(log: Path) -> list[dict]:

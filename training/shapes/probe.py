@@ -1,6 +1,7 @@
 """What a backbone knows of the shapes world: sibling-pair probes of ITC, ITM and LM.
 
     python -m training.shapes.probe --backbone models/blip-shapes --pairs 300 --sheet /tmp/sheet.png
+    python -m training.shapes.probe --backbone models/blip-shapes --checkpoint /tmp/bb.ckpt/last.pt  # mid-run
 
 A sibling pair is two scenes differing in one attribute (colour, shape, count, size or
 the relation), each with an alt-text caption false of the other scene. A backbone
@@ -29,17 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from adapters import tasks
 from adapters.backbone import Backbone
 from training.shapes.language import PROMPT, canonical_captions, holds
-from training.shapes.render import Scene
-from training.shapes.world import AltTextPairs  # the stream pretraining reads
-
-
-def difference(a: Scene, b: Scene) -> str:
-    """Which attribute tells siblings apart."""
-    for ga, gb in zip(a.groups, b.groups):
-        for attr in ("colour", "shape", "count", "size"):
-            if getattr(ga, attr) != getattr(gb, attr):
-                return attr
-    return "relation"
+from training.shapes.world import AltTextPairs, difference  # the stream pretraining reads
 
 
 def caption_log_likelihood(bb, image_embeds: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -138,6 +129,21 @@ def contact_sheet(images: list[Image.Image], hyps: list[str], refs: list[str], o
     sheet.save(out, format="PNG", optimize=True)
 
 
+def from_checkpoint(backbone_dir: str | Path, checkpoint: str | Path) -> Backbone:
+    """The backbone a pretraining run (training.shapes.pretrain) holds at its last checkpoint:
+    `backbone_dir` gives the architecture and processor, the checkpoint every weight."""
+    bb = Backbone.from_dirs(backbone_dir)
+    params = torch.load(checkpoint, map_location="cpu", weights_only=False)["params"]
+    state = {k.removeprefix("model."): v for k, v in params.items()}  # FullFinetune holds the copy as .model
+    missing, unexpected = bb.load_state_dict(state, strict=False)
+    tied = {"text_decoder.cls.predictions.decoder.weight", "text_decoder.cls.predictions.decoder.bias"}
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{checkpoint} does not fit {backbone_dir}: missing {sorted(set(missing) - tied)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
+    bb._fingerprint = None  # new weights
+    return bb
+
+
 def main(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="python -m training.shapes.probe", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -146,10 +152,14 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split's pairs")
     p.add_argument("--pairs", type=int, default=300, help="sibling pairs to score")
     p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of 16 images with greedy captions")
+    p.add_argument("--checkpoint", default=None,
+                   help="probe this pretraining checkpoint (<out>.ckpt/last.pt) instead; --backbone then only gives "
+                        "the architecture (e.g. the run's --init)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = probe(Backbone.from_dirs(args.backbone), args.world_seed, args.split, args.pairs, sheet=args.sheet)
+    bb = from_checkpoint(args.backbone, args.checkpoint) if args.checkpoint else Backbone.from_dirs(args.backbone)
+    result = probe(bb, args.world_seed, args.split, args.pairs, sheet=args.sheet)
     print(json.dumps(result, indent=1))
     return result
 

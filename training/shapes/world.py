@@ -47,10 +47,17 @@ from training.shapes.render import COLOURS, MAX_COUNT, OPPOSITE, SHAPES, SIZES, 
 SPLITS = ("train", "val", "test")
 SPLIT_SHARE = {"train": 0.8, "val": 0.1, "test": 0.1}
 POOL_PRETRAIN, POOL_DOWNSTREAM = 0, 1
-PRETRAIN_MUTATIONS = ("colour", "shape", "count", "size", "relation")
+# How often pretraining siblings differ in each attribute. Weighted towards what is hard to
+# ground (backbone v2's probe: colour 100%, count 92%, shape 73%, relation 50% = chance with
+# uniform weights, when only ~8% of pairs carried any relation signal).
+PRETRAIN_MUTATIONS = {"colour": 0.08, "shape": 0.25, "count": 0.2, "size": 0.07, "relation": 0.4}
+# `pretrain --mutations`: "uniform" is how backbone v2's first stage was drawn.
+MUTATION_SETS = {"weighted": PRETRAIN_MUTATIONS, "uniform": ("colour", "shape", "count", "size", "relation")}
 DOWNSTREAM_MUTATIONS = ("colour", "shape", "count", "relation")  # what canonical captions can tell apart
+CONTRAST_SHARE = 0.8  # share of pretraining captions drawn to be false of the sibling (when one exists)
 
-__all__ = ["PROMPT", "AltTextPairs", "scene_pair", "sample_scene", "mutate", "generate", "load_texts", "vocabulary_texts"]
+__all__ = ["PROMPT", "AltTextPairs", "scene_pair", "sample_scene", "mutate", "difference", "generate", "load_texts",
+           "vocabulary_texts"]
 
 
 # ---------------------------------------------------------------- scenes
@@ -79,10 +86,15 @@ def sample_scene(rng: np.random.Generator, size: int) -> Scene:
 
 def mutate(rng: np.random.Generator, scene: Scene, attributes=DOWNSTREAM_MUTATIONS) -> Scene:
     """A sibling of `scene` differing in exactly one of `attributes` of one group (or,
-    with two groups, in the relation). Background and other objects are kept."""
+    with two groups, in the relation). Background and other objects are kept.
+    `attributes`: a tuple (drawn uniformly) or a dict of attribute -> weight."""
     groups, boxes = list(scene.groups), list(scene.boxes)
     options = [a for a in attributes if a != "relation" or len(groups) == 2]
-    what = str(rng.choice(options))
+    if isinstance(attributes, dict):
+        weights = np.array([attributes[a] for a in options], dtype=float)
+        what = str(options[int(rng.choice(len(options), p=weights / weights.sum()))])
+    else:
+        what = str(rng.choice(options))
     if what == "relation":  # mirror the layout: left<->right or top<->bottom
         horizontal = groups[0].region in ("left", "right")
         groups = [Group(g.colour, g.shape, g.count, OPPOSITE[g.region], g.size) for g in groups]
@@ -108,11 +120,22 @@ def mutate(rng: np.random.Generator, scene: Scene, attributes=DOWNSTREAM_MUTATIO
     return Scene(tuple(groups), scene.size, scene.background, tuple(boxes), scene.jitter)
 
 
-def scene_pair(seed: int, pool: int, split: str, index: int, size: int) -> tuple[np.random.Generator, Scene, Scene]:
-    """Unit `index` of (pool, split): its own rng (for the texts that follow) and two siblings."""
+def difference(a: Scene, b: Scene) -> str:
+    """Which attribute tells siblings apart."""
+    for ga, gb in zip(a.groups, b.groups):
+        for attr in ("colour", "shape", "count", "size"):
+            if getattr(ga, attr) != getattr(gb, attr):
+                return attr
+    return "relation"
+
+
+def scene_pair(seed: int, pool: int, split: str, index: int, size: int, mutations: str = "weighted"
+               ) -> tuple[np.random.Generator, Scene, Scene]:
+    """Unit `index` of (pool, split): its own rng (for the texts that follow) and two siblings.
+    `mutations` names the pretraining pool's MUTATION_SETS entry."""
     rng = np.random.default_rng([seed, pool, SPLITS.index(split), index])
     first = sample_scene(rng, size)
-    return rng, first, mutate(rng, first, PRETRAIN_MUTATIONS if pool == POOL_PRETRAIN else DOWNSTREAM_MUTATIONS)
+    return rng, first, mutate(rng, first, MUTATION_SETS[mutations] if pool == POOL_PRETRAIN else DOWNSTREAM_MUTATIONS)
 
 
 class AltTextPairs(Dataset):
@@ -121,19 +144,23 @@ class AltTextPairs(Dataset):
 
     `cut` splits the caption's words for the prefix-LM objective: words[:cut] go through
     the fusion encoder with the image, the decoder continues with words[cut:] (the path
-    VQA uses: question fused with the image -> answer)."""
+    VQA uses: question fused with the image -> answer). `start` skips the first pairs of
+    the stream (a continued pretraining sees new pairs); `mutations` and `contrast_share`
+    say how siblings differ and how many captions tell them apart (`alt_text`)."""
 
-    def __init__(self, seed: int, split: str, n_pairs: int, image_size: int):
-        self.seed, self.split, self.n_pairs, self.image_size = seed, split, n_pairs, image_size
+    def __init__(self, seed: int, split: str, n_pairs: int, image_size: int, start: int = 0,
+                 mutations: str = "weighted", contrast_share: float = CONTRAST_SHARE):
+        self.seed, self.split, self.n_pairs, self.image_size, self.start = seed, split, n_pairs, image_size, start
+        self.mutations, self.contrast_share = mutations, contrast_share
 
     def __len__(self) -> int:
         return self.n_pairs
 
     def __getitem__(self, p: int):
-        rng, *pair = scene_pair(self.seed, POOL_PRETRAIN, self.split, p, self.image_size)
+        rng, *pair = scene_pair(self.seed, POOL_PRETRAIN, self.split, self.start + p, self.image_size, self.mutations)
         rows = []
-        for scene in pair:
-            text, desc = alt_text(rng, scene)
+        for scene, sibling in zip(pair, pair[::-1]):
+            text, desc = alt_text(rng, scene, contrast=sibling, contrast_share=self.contrast_share)
             image = render(scene, int(rng.integers(2**31)))
             rows.append((scene, image, text, desc, int(rng.integers(len(text.split())))))  # cut in [0, words)
         return rows
@@ -198,7 +225,7 @@ def generate(out: Path, seed: int, n: int, size: int = 64, pretrain_frac: float 
             rng, *pair = scene_pair(seed, POOL_PRETRAIN, split, p, size)
             for k, scene in enumerate(pair):
                 image_id = f"pre_{split}_{p:06d}_{k}"
-                caption, _ = alt_text(rng, scene)
+                caption, _ = alt_text(rng, scene, contrast=pair[1 - k], contrast_share=CONTRAST_SHARE)
                 files[f"pretrain_{split}"].append({"image": save(image_id, scene, rng), "caption": caption,
                                                    "image_id": image_id})
                 texts.add(caption)
