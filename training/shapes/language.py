@@ -273,12 +273,18 @@ def _alt_text_once(rng: np.random.Generator, scene: Scene) -> tuple[str, Descrip
     raise RuntimeError("no alt text found")  # unreachable in practice: most templates are never canonical
 
 
-def vocabulary_texts() -> list[str]:
-    """Every word any generated text can contain, whatever the seed or size."""
+def vocabulary_texts(motion: bool = True) -> list[str]:
+    """Every word any generated text can contain, whatever the seed or size; with `motion`,
+    the words of clips too (training.shapes.motion). A world without clips lists its
+    vocabulary with motion=False (its texts.json is as before clips existed)."""
     words = list(COLOURS) + list(SHAPES) + [s + "s" for s in SHAPES] + list(COUNT_WORDS.values()) + list(SIZES)
     words += [str(n) for n in COUNT_WORDS] + list(RELATION_WORDS.values()) + list(SIDE_WORDS.values())
     words += [p for ps in ALT_RELATIONS.values() for p in ps] + list(WHERE_WORDS.values())
     words += ("a an and what colour shape is are the object objects shape shapes where how many there ? yes no "
               "some single image of photo on plain background in picture drawing with next to tags keywords "
               ": ; , ").split()
-    return [PROMPT.strip(), " ".join(words)]
+    texts = [PROMPT.strip(), " ".join(words)]
+    if motion:
+        from training.shapes.motion import motion_words  # motion builds on this module
+        texts.append(motion_words())
+    return texts

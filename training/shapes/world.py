@@ -1,6 +1,7 @@
 """The shapes world (v2): scenes, sibling pairs, and the files of every task.
 
     python -m training.shapes.world --out /tmp/world --seed 0 --n 12000
+    python -m training.shapes.world --out /tmp/world --seed 0 --n 12000 --clips 2000   # + videos (clip_world)
 
 Images are coloured shapes (circle, square, triangle, star; six colours; small or
 large) on neutral backgrounds with gradients and noise. A scene has one or two
@@ -168,22 +169,27 @@ class AltTextPairs(Dataset):
     def collate(self, items, processor) -> dict:
         rows = [r for pair in items for r in pair]
         scenes, images, texts, descs, cuts = zip(*rows)
-        tok = processor.tokenizer
-        words = [t.split() for t in texts]
-        prefix = tok([" ".join(w[:c]) for w, c in zip(words, cuts)], padding="longest", truncation=True,
-                     max_length=tok.model_max_length, return_tensors="pt")  # [CLS] prefix [SEP], maybe empty
-        suffix = tok([" ".join(w[c:]) for w, c in zip(words, cuts)], padding="longest", truncation=True,
-                     max_length=tok.model_max_length, return_tensors="pt")  # never empty: cut < words
-        text = tok(list(texts), padding="longest", truncation=True, max_length=tok.model_max_length,
-                   return_tensors="pt")
-        dec = tok([PROMPT + t for t in texts], padding="longest", truncation=True, max_length=tok.model_max_length,
-                  return_tensors="pt")
         positive = torch.tensor([[holds(d, s) for d in descs] for s in scenes])  # (N, N) images x texts
         return {"pixel_values": processor.image_processor(list(images), return_tensors="pt")["pixel_values"],
-                "input_ids": text.input_ids, "attention_mask": text.attention_mask, "dec_ids": dec.input_ids,
-                "dec_mask": dec.attention_mask, "prefix_ids": prefix.input_ids, "prefix_mask": prefix.attention_mask,
-                "suffix_ids": suffix.input_ids, "suffix_mask": suffix.attention_mask, "prompt_len": len(tok(PROMPT).input_ids) - 1, "positive": positive,
-                "texts": list(texts)}
+                **text_fields(processor.tokenizer, texts, cuts), "positive": positive}
+
+
+def text_fields(tok, texts, cuts) -> dict:
+    """The text side of a pretraining batch (training.losses.pretrain_loss): the texts alone,
+    prompt + text for the decoder, and each text cut into a fused prefix and a decoded rest."""
+    words = [t.split() for t in texts]
+    prefix = tok([" ".join(w[:c]) for w, c in zip(words, cuts)], padding="longest", truncation=True,
+                 max_length=tok.model_max_length, return_tensors="pt")  # [CLS] prefix [SEP], maybe empty
+    suffix = tok([" ".join(w[c:]) for w, c in zip(words, cuts)], padding="longest", truncation=True,
+                 max_length=tok.model_max_length, return_tensors="pt")  # never empty: cut < words
+    text = tok(list(texts), padding="longest", truncation=True, max_length=tok.model_max_length,
+               return_tensors="pt")
+    dec = tok([PROMPT + t for t in texts], padding="longest", truncation=True, max_length=tok.model_max_length,
+              return_tensors="pt")
+    return {"input_ids": text.input_ids, "attention_mask": text.attention_mask, "dec_ids": dec.input_ids,
+            "dec_mask": dec.attention_mask, "prefix_ids": prefix.input_ids, "prefix_mask": prefix.attention_mask,
+            "suffix_ids": suffix.input_ids, "suffix_mask": suffix.attention_mask,
+            "prompt_len": len(tok(PROMPT).input_ids) - 1, "texts": list(texts)}
 
 
 def _answers(answer: str | int) -> list[str]:
@@ -206,13 +212,15 @@ def _write_json(path: Path, entries: list) -> None:
     path.write_text("[\n" + ",\n".join(json.dumps(e) for e in entries) + "\n]\n")
 
 
-def generate(out: Path, seed: int, n: int, size: int = 64, pretrain_frac: float = 0.5) -> dict[str, int]:
-    """Writes images and JSONs under `out`; returns the number of entries per file."""
+def generate(out: Path, seed: int, n: int, size: int = 64, pretrain_frac: float = 0.5, clips: int = 0,
+             frames: int = 8) -> dict[str, int]:
+    """Writes images and JSONs under `out` (and, with `clips`, videos: training.shapes.clip_world);
+    returns the number of entries per file. clips=0 writes exactly what a world without clips was."""
     if n < 40 or not 0 < pretrain_frac < 1:
         raise ValueError("need --n >= 40 and 0 < --pretrain-frac < 1")
     (out / "images").mkdir(parents=True, exist_ok=True)
     files: dict[str, list] = {f"{t}_{s}": [] for t in ("pretrain", "caption", "vqa", "retrieval") for s in SPLITS}
-    texts: set[str] = set(vocabulary_texts())
+    texts: set[str] = set(vocabulary_texts(motion=clips > 0))
 
     def save(name: str, scene: Scene, rng: np.random.Generator) -> str:
         rel = f"images/{name}.png"
@@ -247,10 +255,17 @@ def generate(out: Path, seed: int, n: int, size: int = 64, pretrain_frac: float 
                     texts.update([question, *_answers(answer)])
                 texts.update(caps[k])
 
+    meta = {"version": 2, "seed": seed, "n": n, "size": size, "pretrain_frac": pretrain_frac, "prompt": PROMPT}
+    if clips:  # own pools and streams: the image files above are the same with or without clips
+        from training.shapes.clip_world import write_clips  # PyAV loads only for worlds with clips
+
+        clip_files, clip_texts = write_clips(out, seed, clips, size, frames, pretrain_frac)
+        files.update(clip_files)
+        texts |= clip_texts
+        meta.update(clips=clips, frames=frames)
     for name, entries in files.items():
         _write_json(out / f"{name}.json", entries)
     _write_json(out / "texts.json", sorted(texts))
-    meta = {"version": 2, "seed": seed, "n": n, "size": size, "pretrain_frac": pretrain_frac, "prompt": PROMPT}
     (out / "world.json").write_text(json.dumps(meta, indent=1) + "\n")
     return {name: len(entries) for name, entries in files.items()}
 
@@ -269,8 +284,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--pretrain-frac", type=float, default=0.5,
                         help="fraction of images in the pretraining pool; the rest are downstream sibling pairs")
+    parser.add_argument("--clips", type=int, default=0,
+                        help="also write this many clips (MP4 under videos/, video_*.json, pretrain_clips_*.json); "
+                             "0: none, the image files are the same either way")
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip (>= 4)")
     args = parser.parse_args(argv)
-    counts = generate(Path(args.out), args.seed, args.n, args.size, args.pretrain_frac)
+    counts = generate(Path(args.out), args.seed, args.n, args.size, args.pretrain_frac, args.clips, args.frames)
     for name, count in counts.items():
         print(f"{name:>16}: {count}")
 
