@@ -57,6 +57,7 @@ class Event:
     group: int  # index into the start scene's groups
     direction: str | None = None  # move: one of DIRECTIONS
     shift: float = 0.0  # move: distance in image sides over the whole clip
+    to: tuple = ()  # move: the group's boxes (cx, cy, side) at the last frame (frame 0's are the scene's)
     colour: str | None = None  # turn: the colour the group turns to
     at: int = 0  # appear / turn: first frame with the new state
 
@@ -86,10 +87,15 @@ def frame_scene(clip: Clip, k: int) -> Scene:
     """The symbolic scene shown at frame k (0 <= k < F)."""
     e, s = clip.event, clip.scene
     if e.kind == "move":
-        t = k / (clip.frames - 1)
-        dx, dy = (e.shift * t * c for c in _STEP[e.direction])
+        last = clip.frames - 1
+        if k in (0, last):
+            path = s.boxes[e.group] if k == 0 else e.to
+        else:  # (a (F-1-k) + b k) / (F-1) is symmetric in (a, k) <-> (b, F-1-k) to the last bit, so the
+            # sibling played backwards (sibling_of) has exactly these frames in reverse order
+            path = tuple(tuple((a * (last - k) + b * k) / last for a, b in zip(p0[:2], p1[:2])) + (p0[2],)
+                         for p0, p1 in zip(s.boxes[e.group], e.to))
         boxes = list(s.boxes)
-        boxes[e.group] = tuple((cx + dx, cy + dy, side) for cx, cy, side in boxes[e.group])
+        boxes[e.group] = path
         return dataclasses.replace(s, boxes=tuple(boxes))
     if e.kind == "appear":
         return _without(s, e.group) if k < e.at else s
@@ -148,8 +154,10 @@ def _try_move(rng: np.random.Generator, scene: Scene, i: int, frames: int) -> Cl
             if boxes is not None:
                 new = list(scene.boxes)
                 new[i] = boxes
+                dx, dy = (shift * c for c in _STEP[direction])
+                to = tuple((cx + dx, cy + dy, side_) for cx, cy, side_ in boxes)
                 return Clip(dataclasses.replace(scene, boxes=tuple(new)),
-                            Event("move", i, direction=direction, shift=shift), frames)
+                            Event("move", i, direction=direction, shift=shift, to=to), frames)
     return None
 
 
@@ -189,7 +197,8 @@ def sibling_of(rng: np.random.Generator, clip: Clip) -> Clip:
     e, s = clip.event, clip.scene
     if e.kind == "move":  # played backwards: starts where `clip` ends, moves the other way
         end = frame_scene(clip, clip.frames - 1)
-        return Clip(end, dataclasses.replace(e, direction=OPPOSITE_DIRECTION[e.direction]), clip.frames)
+        return Clip(end, dataclasses.replace(e, direction=OPPOSITE_DIRECTION[e.direction], to=s.boxes[e.group]),
+                    clip.frames)
     if e.kind == "turn":
         return Clip(s, dataclasses.replace(e, colour=_other_colour(rng, s, e.group, {clip.actor.colour, e.colour})),
                     clip.frames)
