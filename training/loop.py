@@ -99,20 +99,27 @@ def _to(batch: dict, device) -> dict:
 
 
 class _Collate:
-    """Picklable collate for DataLoader workers: item indices -> (indices, batch)."""
+    """Picklable collate for DataLoader workers: (global step, item indices) -> (indices, batch).
+    A dataset with `collate_step(step, indices, processor)` builds the whole batch itself and
+    may pick its kind by step (training.shapes.pretrain --clip-share: image or clip batches)."""
 
     def __init__(self, dataset, processor):
         self.dataset, self.processor = dataset, processor
 
-    def __call__(self, idx: list[int]):
+    def __call__(self, chunk: tuple[int, list[int]]):
+        step, idx = chunk
+        if hasattr(self.dataset, "collate_step"):
+            return idx, self.dataset.collate_step(step, idx, self.processor)
         return idx, self.dataset.collate([self.dataset[i] for i in idx], self.processor)
 
 
-def _batches(dataset, processor, order: list[int], batch_size: int, start: int, stop: int, workers: int):
-    """(indices, batch) for steps start..stop-1 of one epoch's `order`. With workers, a
-    DataLoader builds them in other processes, two batches ahead: the same batches, since
-    a batch is a pure function of its indices."""
-    chunks = [order[s * batch_size:(s + 1) * batch_size] for s in range(start, stop)]
+def _batches(dataset, processor, order: list[int], batch_size: int, start: int, stop: int, workers: int,
+             first_step: int = 0):
+    """(indices, batch) for steps start..stop-1 of one epoch's `order`; `first_step` is the
+    global step of the epoch's step 0. With workers, a DataLoader builds them in other
+    processes, two batches ahead: the same batches, since a batch is a pure function of
+    its step and indices."""
+    chunks = [(first_step + s, order[s * batch_size:(s + 1) * batch_size]) for s in range(start, stop)]
     collate = _Collate(dataset, processor)
     if workers <= 0:
         return (collate(idx) for idx in chunks)
@@ -198,7 +205,8 @@ def train(bb, adapter: nn.Module, dataset, cfg: LoopConfig, *, ckpt_path: Path, 
         while epoch < cfg.epochs and global_step < total:
             sampler.set_epoch(epoch)
             order = list(sampler)
-            batches = _batches(dataset, bb.processor, order, cfg.batch_size, start_step, steps_per_epoch, cfg.workers)
+            batches = _batches(dataset, bb.processor, order, cfg.batch_size, start_step, steps_per_epoch, cfg.workers,
+                               epoch * steps_per_epoch)
             bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"{cfg.task} epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (cfg.progress and rank == 0), dynamic_ncols=True)
             t_window, n_window = time.perf_counter(), 0

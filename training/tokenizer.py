@@ -38,7 +38,26 @@ def build_tokenizer(texts: Iterable[str], model_max_length: int = 64) -> BertTok
     vocab: dict[str, int] = {}
     for token in SPECIAL_TOKENS + sorted(set(words)) + chars + ["##" + c for c in chars]:
         vocab.setdefault(token, len(vocab))
+    return _from_vocab(vocab, model_max_length)
 
+
+def extend_tokenizer(tokenizer: BertTokenizerFast, texts: Iterable[str]) -> tuple[BertTokenizerFast, list[str]]:
+    """(a tokenizer that also knows every word and character of `texts`, the tokens added).
+    Existing tokens keep their ids; new ones are appended after them, in first-seen order, so
+    a model's embedding rows stay valid and new rows go at the end (training.vocab_growth)."""
+    vocab = tokenizer.get_vocab()
+    if sorted(vocab.values()) != list(range(len(vocab))):
+        raise ValueError("the tokenizer's ids are not 0..V-1; cannot append to it")
+    vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
+    words = _words(texts)
+    chars = [c for c in dict.fromkeys(c for w in words for c in w)]
+    added = [t for t in dict.fromkeys(words + chars + ["##" + c for c in chars]) if t not in vocab]
+    for token in added:
+        vocab[token] = len(vocab)
+    return _from_vocab(vocab, tokenizer.model_max_length), added
+
+
+def _from_vocab(vocab: dict[str, int], model_max_length: int) -> BertTokenizerFast:
     core = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     core.normalizer = normalizers.BertNormalizer(lowercase=True)
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

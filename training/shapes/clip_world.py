@@ -132,3 +132,30 @@ class AltTextClips(Dataset):
         positive = torch.tensor([[clip_holds(d, c) for d in descs] for c in clips])  # (N, N) clips x texts
         return {"pixel_values": pixels.view(n, f, *pixels.shape[1:]),  # (N, F, 3, H, W), each clip's frames in order
                 **text_fields(processor.tokenizer, texts, cuts), "positive": positive}
+
+
+class ClipShare(Dataset):
+    """The pretraining stream with a share of clip steps (training.shapes.pretrain --clip-share).
+    Global step k is a clip step when floor((k + 1) * share) > floor(k * share) (share 0.25:
+    steps 3, 7, 11, ...; exact over any run length); a clip step takes the clip pairs at its
+    first `clip_batch_pairs` indices, an image step the image pairs at all of them. A batch is
+    a pure function of (step, indices), which training.loop's `collate_step` hook passes."""
+
+    def __init__(self, pairs: Dataset, clips: AltTextClips, share: float, clip_batch_pairs: int):
+        if len(clips) < len(pairs) or not 0 < share <= 1:
+            raise ValueError("the clip stream must cover the image stream's indices, and 0 < share <= 1")
+        self.pairs, self.clips, self.share, self.clip_batch_pairs = pairs, clips, share, clip_batch_pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        return self.pairs[i]
+
+    def is_clip_step(self, step: int) -> bool:
+        return int((step + 1) * self.share) > int(step * self.share)
+
+    def collate_step(self, step: int, idx: list[int], processor) -> dict:
+        if self.is_clip_step(step):
+            return self.clips.collate([self.clips[i] for i in idx[:self.clip_batch_pairs]], processor)
+        return self.pairs.collate([self.pairs[i] for i in idx], processor)

@@ -3,6 +3,7 @@
     python -m training.shapes.pretrain --out models/blip-shapes --steps 4000
     python -m training.shapes.pretrain --out models/blip-shapes --steps 4000 --resume   # after a stop
     python -m training.shapes.pretrain --out /tmp/bb-next --init models/blip-shapes --steps 3000  # continue
+    python -m training.shapes.pretrain --out /tmp/bb-clips --init models/blip-shapes --steps 3000 --clip-share 0.25
 
 Every BLIP part trains with BLIP's three objectives (training.losses.pretrain_loss:
 ITC, ITM with hard negatives, LM) through training.loop, the same loop, schedule and
@@ -21,6 +22,18 @@ training.shapes.probe on validation pairs); checkpoints go to <out>.ckpt/ and a 
 log to <out>.ckpt/log.jsonl. With --init, pretraining continues from a backbone directory
 on the stream's next pairs (never ones the init saw), and pretrain.json lists every stage
 with its flags and wall time.
+
+Clips (--clip-share > 0): that share of steps are batches of sibling clip pairs with alt text
+(`training.shapes.clip_world.AltTextClips`, pixels (N, F, 3, H, W)), which pretrain_loss runs
+as BLIP's video transfer (frames through the ViT, their tokens concatenated for ITM and the
+LMs, the mean [CLS] for ITC). Step k is a clip step when floor((k+1) share) > floor(k share),
+and its clip pairs are the step's first --clip-batch-pairs indices in the clip stream; a
+batch stays a pure function of its step and indices, so --resume is exact. --clip-share 0 is
+the image stream exactly as before clips existed.
+
+Vocabulary growth: an --init backbone whose tokenizer lacks words of the world's vocabulary
+(e.g. motion words, for one pretrained before clips) gets them appended and its token
+matrices grown (training.vocab_growth); pretrain.json's stage lists them as grown_words.
 """
 
 from __future__ import annotations
@@ -45,8 +58,10 @@ from training import losses  # noqa: E402
 from training.loop import LoopConfig, train  # noqa: E402
 from training.shapes.language import vocabulary_texts  # noqa: E402
 from training.shapes.probe import probe  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
 from training.shapes.world import CONTRAST_SHARE, MUTATION_SETS, AltTextPairs  # noqa: E402
 from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer  # noqa: E402
+from training.vocab_growth import grow_vocabulary  # noqa: E402
 
 
 def make_config(ids: dict[str, int], hidden: int, layers: int, heads: int, image_size: int, patch: int,
@@ -79,6 +94,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "8x this): v2's learned positions grew to norm 0.6 beside patch features of norm 11.5, and "
                         "it could not tell left from right (0: leave them)")
     p.add_argument("--batch-pairs", type=int, default=32, help="sibling pairs per step (rows = 2x)")
+    p.add_argument("--clip-share", type=float, default=0.0,
+                   help="share of steps that are batches of sibling clip pairs (0: images only, the stream as before)")
+    p.add_argument("--clip-batch-pairs", type=int, default=8,
+                   help="sibling clip pairs per clip step (each clip is --clip-frames images through the ViT)")
+    p.add_argument("--clip-frames", type=int, default=8, help="frames per pretraining clip (>= 4)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--warmup", type=float, default=0.04, help="fraction of steps with linear warmup, then cosine")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (BLIP uses 0.05)")
@@ -140,8 +160,17 @@ def main(argv: list[str]) -> dict:
     out = Path(args.out)
     ckpt_dir = out.parent / (out.name + ".ckpt")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if not 0 <= args.clip_share <= 1 or (args.clip_share and not 0 < args.clip_batch_pairs <= args.batch_pairs):
+        raise ValueError("need 0 <= --clip-share <= 1 and 0 < --clip-batch-pairs <= --batch-pairs")
     stages = _prior_stages(Path(args.init)) if args.init else []
     fresh = Backbone.from_dirs(args.init) if args.init else build_backbone(args)
+    grown = []
+    if args.init:
+        saved = load_checkpoint(ckpt_dir / "last.pt") if args.resume else None
+        if saved is None or "grown_words" in saved["recipe"]:  # a run checkpointed before growth existed resumes as it was
+            grown = grow_vocabulary(fresh, vocabulary_texts())
+            if grown:
+                print(f"grew the vocabulary by {len(grown)} tokens: {' '.join(grown[:12])} ...", flush=True)
     if args.sincos_positions:
         add_sincos_positions(fresh, args.sincos_positions)
     model = FullFinetune(fresh, task="pretrain")  # trains a copy; `fresh` stays the untouched init (asserted)
@@ -150,6 +179,12 @@ def main(argv: list[str]) -> dict:
     data = AltTextPairs(args.world_seed, "train", args.steps * args.batch_pairs,
                         fresh.config.vision_config.image_size, start=start, mutations=args.mutations,
                         contrast_share=args.contrast_share)
+    if args.clip_share:
+        from training.shapes.clip_world import AltTextClips, ClipShare
+
+        clips = AltTextClips(args.world_seed, "train", len(data), fresh.config.vision_config.image_size,
+                             args.clip_frames, start=start, contrast_share=args.contrast_share)
+        data = ClipShare(data, clips, args.clip_share, args.clip_batch_pairs)
     print(f"{n_params / 1e6:.2f}M parameters, {args.steps} steps x {2 * args.batch_pairs} rows, "
           f"vocab {len(fresh.processor.tokenizer)}", flush=True)
     cfg = LoopConfig(task="pretrain", epochs=1, batch_size=args.batch_pairs, lr=args.lr,
@@ -160,13 +195,16 @@ def main(argv: list[str]) -> dict:
     recipe = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "threads", "probe_pairs",
                                                                  "no_progress", "ckpt_every", "stop_after", "workers",
                                                                  "steps")}  # --resume may re-span the schedule
+    if grown:
+        recipe["grown_words"] = grown
     result = train(fresh, model, data, cfg, ckpt_path=ckpt_dir / "last.pt", log_path=ckpt_dir / "log.jsonl",
                    resume=args.resume, recipe=recipe)
     if not result["finished"]:
         return {"stopped_at": result["steps"]}
     model.model.save_pretrained(out)  # config.json, model.safetensors (fp32), processor files
     seconds = _logged_seconds(ckpt_dir / "log.jsonl")
-    stages.append({"args": vars(args), "pairs": args.steps * args.batch_pairs, "train_seconds": seconds})
+    stages.append({"args": vars(args), "pairs": args.steps * args.batch_pairs, "train_seconds": seconds,
+                   **({"grown_words": grown} if grown else {})})
     record = {"args": vars(args), "parameters": n_params, "train_seconds_this_run": result["seconds"],
               "train_seconds": seconds, "train_seconds_total": round(sum(st["train_seconds"] for st in stages), 1),
               "stages": stages, "last": _last_record(ckpt_dir / "log.jsonl")}
