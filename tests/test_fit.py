@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 import adapters
 from adapters.backbone import Backbone
+from adapters.kinds import KINDS
 from tests.tiny import tiny_shapes_world
 from training import evaluate as evaluate_cli
 from training import fit
@@ -174,3 +175,21 @@ def test_bf16_autocast_training(world, tmp_path, kind):
                              "--precision", "bf16", "--no-eval"))
     assert summary["steps"] == 2 and summary["last_loss"] == summary["last_loss"]  # finite, not NaN
     assert out.exists()
+
+
+def test_targets_without_vision_keep_the_vit_frozen_and_shared(world, tmp_path):
+    """--targets without 'vision': the file's adapter never touches the ViT, so the server
+    may share one vision pass (and cached image features) between such adapters."""
+    out = tmp_path / "vqa-text.safetensors"
+    summary = fit.main(_args(world, "vqa", out, "--epochs", "1", "--train-limit", "8", "--no-eval",
+                             "--targets", "text", "cross", "decoder", "decoder_cross"))
+    bb = Backbone.from_dirs(world / "bb")
+    meta = adapters.AdapterTable(bb).load("vqa", out)
+    assert meta.targets == ("text", "cross", "decoder", "decoder_cross")
+    assert not KINDS[meta.kind].touches_vision(meta)
+    assert not any("vision" in k for k in load_file(out))
+    default = tmp_path / "vqa.safetensors"
+    full = fit.main(_args(world, "vqa", default, "--epochs", "1", "--train-limit", "8", "--no-eval"))
+    assert KINDS["vcra-qasn"].touches_vision(adapters.AdapterTable(bb).load("vqa", default))
+    assert any("vision" in k for k in load_file(default))
+    assert summary["trainable_params"] < full["trainable_params"]

@@ -32,10 +32,14 @@ NO_QASN_BY_DEFAULT = ("vcra", "vera")  # the CLI's vcra / vera rows are the abla
 ADAPTER_TASK = {"caption": "caption", "vqa": "vqa", "retrieval": "retrieve"}  # training name -> adapters' name
 
 
-def new_adapter(kind: str, bb, *, task: str, rank: int, seed: int, train_ab: bool = False) -> nn.Module:
+def new_adapter(kind: str, bb, *, task: str, rank: int, seed: int, train_ab: bool = False,
+                targets: list[str] | None = None) -> nn.Module:
+    """`targets`: the modalities to adapt (None: the task's default)."""
     if kind not in KINDS:
         raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
     options = {"qasn": False} if kind in NO_QASN_BY_DEFAULT else {}
+    if targets:
+        options["targets"] = tuple(targets)
     return adapters.create_adapter(kind, bb, task=ADAPTER_TASK[task], rank=rank, seed=seed, train_ab=train_ab,
                                    **options)
 

@@ -24,7 +24,7 @@ from adapters.atomic import atomic_file
 
 # Recipe keys that must match for a resume to be the same run (paths may move).
 RESUME_KEYS = ("task", "kind", "rank", "seed", "lr", "epochs", "batch_size", "world_size", "precision",
-               "train_limit", "weight_decay", "warmup", "mcam", "mcam_tau", "itc_temp", "train_ab")
+               "train_limit", "weight_decay", "warmup", "mcam", "mcam_tau", "itc_temp", "train_ab", "targets")
 
 
 def rng_state() -> dict:

@@ -30,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 import torch.distributed as dist
 
+from adapters.runtime.sites import MODALITIES
 from training import adapters_io, losses
 from training.data import DATASETS, DEFAULT_FRAMES, load_json
 from training.evaluate import MAIN_METRIC, evaluate
@@ -72,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="steps between JSONL log records")
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps with linear LR warmup")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--targets", nargs="+", default=None, choices=MODALITIES, metavar="MODALITY",
+                   help=f"modalities the adapter adapts (VCRA, VeRA, LoRA kinds; one or more of {', '.join(MODALITIES)}); "
+                        "default: the task's (adapters.kinds.base.TASK_TARGETS). Leaving out 'vision' keeps the "
+                        "ViT frozen, so the server shares one vision pass between such adapters")
     p.add_argument("--train-ab", action="store_true", help="VCRA/VeRA: also train the shared A, B matrices")
     p.add_argument("--mcam", action=argparse.BooleanOptionalAction, default=None,
                    help="retrieval: add the MCAM loss (None: on for vcra-qasn, off otherwise)")
@@ -102,7 +107,7 @@ def recipe_of(args, world: int, lr: float, mcam: bool) -> dict:
             "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "world_size": world, "precision": args.precision,
             "train_limit": args.train_limit, "weight_decay": args.weight_decay, "warmup": args.warmup,
             "mcam": mcam, "mcam_tau": args.mcam_tau, "itc_temp": args.itc_temp, "train_ab": args.train_ab,
-            "train": str(args.train), "backbone": str(args.backbone), "num_frames": args.num_frames}
+            "targets": args.targets, "train": str(args.train), "backbone": str(args.backbone), "num_frames": args.num_frames}
 
 
 def main(argv: list[str]) -> dict:
@@ -119,7 +124,7 @@ def main(argv: list[str]) -> dict:
         # (name, the parameter object, its value) before any adapter is injected
         before = [(n, p, p.detach().clone()) for n, p in bb.named_parameters()]
         adapter = adapters_io.new_adapter(args.kind, bb, task=args.task, rank=args.rank, seed=args.seed,
-                                          train_ab=args.train_ab)
+                                          train_ab=args.train_ab, targets=args.targets)
         adapter.to(device)
         ds = DATASETS[args.task](load_json(args.train)[: args.train_limit], args.image_root, args.num_frames)
         cfg = LoopConfig(task=args.task, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
