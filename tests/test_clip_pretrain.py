@@ -54,7 +54,8 @@ def test_clip_batches_are_sibling_clips_with_checked_positives():
     # and pretrain_loss runs them as video (5-D pixels), every term finite
     bb = Backbone.from_config(pretrain.make_config(blip_text_config_ids(processor.tokenizer), 32, 1, 2, 32, 8),
                               processor)
-    out = losses.pretrain_loss(bb, batch, lambda n: None, losses.RetrievalLossConfig(), torch.Generator().manual_seed(0))
+    out = losses.pretrain_loss(bb, batch, lambda n: None, losses.RetrievalLossConfig(),
+                               torch.Generator().manual_seed(0))
     assert {"itc", "itm", "lm", "prefix_lm"} <= set(out) and torch.isfinite(out["loss"])
 
 
@@ -65,7 +66,8 @@ def test_clip_share_picks_steps_by_a_fixed_rule():
     assert sum(ClipShare(pairs, share.clips, 0.3, 2).is_clip_step(k) for k in range(1000)) == 300
     processor = build_processor(build_tokenizer(vocabulary_texts()), 32)
     image = share.collate_step(0, [5, 1, 2, 9], processor)
-    assert torch.equal(image["pixel_values"], pairs.collate([pairs[i] for i in (5, 1, 2, 9)], processor)["pixel_values"])
+    expected = pairs.collate([pairs[i] for i in (5, 1, 2, 9)], processor)["pixel_values"]
+    assert torch.equal(image["pixel_values"], expected)
     clip = share.collate_step(3, [5, 1, 2, 9], processor)
     assert clip["pixel_values"].shape == (4, F, 3, 32, 32)  # 2 clip pairs (indices 5, 1)
     assert clip["texts"] == [r[2] for i in (5, 1) for r in share.clips[i]]
@@ -96,8 +98,8 @@ def test_vocabulary_growth_keeps_old_rows_and_logits(tmp_path):
     tok = bb.processor.tokenizer
     old_vocab, n_old = tok.get_vocab(), len(tok)
     assert tok.tokenize("moves") != ["moves"]  # split into pieces before growth
-    ids, mask = (torch.tensor(x) for x in (tok(["two red circles left of one blue square"], padding=True).input_ids,
-                                           tok(["two red circles left of one blue square"], padding=True).attention_mask))
+    enc = tok(["two red circles left of one blue square"], return_tensors="pt")
+    ids, mask = enc.input_ids, enc.attention_mask
     embeds = torch.randn(1, 17, 32)
     with torch.no_grad():
         enc_before = bb.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -138,6 +140,7 @@ def test_init_grows_an_old_backbone_and_resumes(tmp_path, resume):
     else:
         record = pretrain.main(args)
     grown = record["stages"][-1]["grown_words"]
+    assert record["args"]["clip_share"] == 0.5
     assert "moves" in grown and "grown_words" not in record["stages"][0]
     bb = Backbone.from_dirs(out)
     assert bb.processor.tokenizer.tokenize("moves") == ["moves"]
@@ -148,3 +151,16 @@ def test_init_grows_an_old_backbone_and_resumes(tmp_path, resume):
         pretrain.main(["--out", str(whole), *args[2:]])
         a, b = _state(whole), _state(out)
         assert all(torch.equal(a[x], b[x]) for x in a)
+
+
+def test_without_clips_the_vocabulary_is_the_image_worlds(tmp_path):
+    """Default flags keep today's tokenizer: a fresh run builds it, an --init run keeps it."""
+    old = _old_backbone(tmp_path / "old")
+    record = pretrain.main(["--out", str(tmp_path / "cont"), "--init", str(old), "--world-seed", "5", "--steps", "1",
+                            *TINY])
+    assert "grown_words" not in record["stages"][-1]
+    assert Backbone.from_dirs(tmp_path / "cont").processor.tokenizer.get_vocab() == \
+        Backbone.from_dirs(old).processor.tokenizer.get_vocab()
+    args = pretrain.parse_args(["--out", "x"])
+    assert pretrain.build_backbone(args).processor.tokenizer.get_vocab() == \
+        build_tokenizer(vocabulary_texts(motion=False)).get_vocab()

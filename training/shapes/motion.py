@@ -155,8 +155,8 @@ def clip_questions(rng: np.random.Generator, clip: Clip) -> list[tuple[str, str,
                     Mention(None, None if unique_shape else g.colour, g.shape)))
     else:
         be = "is" if g.count == 1 else "are"
-        out.append(("appear_colour", f"what colour {be} {_the(g, False)} that {'appears' if g.count == 1 else 'appear'} ?",
-                    Mention(None, None, g.shape)))
+        verb = "appears" if g.count == 1 else "appear"
+        out.append(("appear_colour", f"what colour {be} {_the(g, False)} that {verb} ?", Mention(None, None, g.shape)))
     asked = clip.scene.groups[int(rng.integers(len(clip.scene.groups)))]  # yes/no: the actor or the other group
     if e.kind == "appear" and asked == g:
         asked = None if len(clip.scene.groups) == 1 else clip.scene.groups[1 - e.group]

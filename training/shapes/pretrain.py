@@ -31,9 +31,10 @@ and its clip pairs are the step's first --clip-batch-pairs indices in the clip s
 batch stays a pure function of its step and indices, so --resume is exact. --clip-share 0 is
 the image stream exactly as before clips existed.
 
-Vocabulary growth: an --init backbone whose tokenizer lacks words of the world's vocabulary
-(e.g. motion words, for one pretrained before clips) gets them appended and its token
-matrices grown (training.vocab_growth); pretrain.json's stage lists them as grown_words.
+Vocabulary growth: an --init backbone whose tokenizer lacks words the run's stream speaks
+(the motion words, with --clip-share, for one pretrained before clips) gets them appended and
+its token matrices grown (training.vocab_growth); pretrain.json's stage lists them as
+grown_words. Without clips the vocabulary is the image world's, as before.
 """
 
 from __future__ import annotations
@@ -126,12 +127,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def build_backbone(args) -> Backbone:
     """A fresh, randomly initialised backbone with the world's tokenizer and processor."""
-    tokenizer = build_tokenizer(vocabulary_texts(), model_max_length=args.max_len)
+    tokenizer = build_tokenizer(run_vocabulary(args), model_max_length=args.max_len)
     processor = build_processor(tokenizer, args.image_size)
     config = make_config(blip_text_config_ids(tokenizer), args.hidden, args.layers, args.heads, args.image_size,
                          args.patch, args.max_positions)
     torch.manual_seed(args.seed)
     return Backbone.from_config(config, processor)  # each part with transformers' own init
+
+
+def run_vocabulary(args) -> list[str]:
+    """The words this run's stream speaks: the motion words only with clips, so that default
+    flags build (or keep, with --init) exactly the tokenizer they did before clips existed."""
+    return vocabulary_texts(motion=args.clip_share > 0)
 
 
 def sincos_grid(side: int, dim: int) -> torch.Tensor:
@@ -167,8 +174,8 @@ def main(argv: list[str]) -> dict:
     grown = []
     if args.init:
         saved = load_checkpoint(ckpt_dir / "last.pt") if args.resume else None
-        if saved is None or "grown_words" in saved["recipe"]:  # a run checkpointed before growth existed resumes as it was
-            grown = grow_vocabulary(fresh, vocabulary_texts())
+        if saved is None or "grown_words" in saved["recipe"]:  # a checkpoint from before growth resumes as it was
+            grown = grow_vocabulary(fresh, run_vocabulary(args))
             if grown:
                 print(f"grew the vocabulary by {len(grown)} tokens: {' '.join(grown[:12])} ...", flush=True)
     if args.sincos_positions:
