@@ -214,3 +214,20 @@ def test_frame_order_is_invisible_to_the_video_transfer():
         itm = tasks.itm_scores(bb, pv, ids, mask)
     assert torch.allclose(itc[0], itc[1], atol=1e-5) and torch.allclose(itm[0], itm[1], atol=1e-5)
     assert not torch.equal(pv[0], pv[1])
+
+
+def test_fit_trains_on_the_world_clip_files_as_written(worlds, tmp_path):
+    """training.fit reads video_qa_*.json as an MSRVTT-QA set: a tiny adapter trains end to end."""
+    from training import fit
+
+    root = worlds["a"]
+    processor = build_processor(build_tokenizer(json.loads((root / "texts.json").read_text())), SIZE)
+    torch.manual_seed(0)
+    Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(tmp_path / "bb")
+    out = tmp_path / "qa.safetensors"
+    summary = fit.main(["--task", "vqa", "--kind", "vcra-qasn", "--backbone", str(tmp_path / "bb"),
+                        "--train", str(root / "video_qa_train.json"), "--val", str(root / "video_qa_val.json"),
+                        "--image-root", str(root), "--out", str(out), "--batch-size", "8", "--epochs", "1",
+                        "--num-frames", str(F), "--no-progress"])
+    assert summary["steps"] == len(load_json(root / "video_qa_train.json")) // 8 and out.is_file()
+    assert 0 <= summary["val"]["accuracy"] <= 100
