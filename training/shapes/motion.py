@@ -157,9 +157,14 @@ def clip_questions(rng: np.random.Generator, clip: Clip) -> list[tuple[str, str,
         be = "is" if g.count == 1 else "are"
         verb = "appears" if g.count == 1 else "appear"
         out.append(("appear_colour", f"what colour {be} {_the(g, False)} that {verb} ?", Mention(None, None, g.shape)))
-    asked = clip.scene.groups[int(rng.integers(len(clip.scene.groups)))]  # yes/no: the actor or the other group
-    if e.kind == "appear" and asked == g:
-        asked = None if len(clip.scene.groups) == 1 else clip.scene.groups[1 - e.group]
+    # yes/no "does X move ?": mostly the mover in a move clip, any group there from frame 0 otherwise
+    # (about 40% "yes"; asking a random group would make "no" right 3 times in 4)
+    groups = clip.scene.groups
+    if e.kind == "move":
+        asked = g if len(groups) == 1 or rng.random() < 0.75 else groups[1 - e.group]
+    else:
+        present = [h for h in groups if not (e.kind == "appear" and h == g)]
+        asked = present[int(rng.integers(len(present)))] if present else None
     if asked is not None:
         out.append(("moves", f"{'does' if asked.count == 1 else 'do'} {_the(asked)} move ?",
                     Mention(None, asked.colour, asked.shape)))
