@@ -138,7 +138,13 @@ def test_init_grows_an_old_backbone_and_resumes(tmp_path, resume):
         assert pretrain.main(args + ["--stop-after", "1"]) == {"stopped_at": 1}
         record = pretrain.main(args + ["--resume"])
     else:
-        record = pretrain.main(args)
+        record = pretrain.main(args + ["--probe-pairs", "4"])
+        clips = record["probe"]["clips"]  # the final probe also scores sibling clips, by event
+        assert clips["pairs"] > 0 and set(clips["by_event"]) <= {"move", "appear", "turn"}
+        assert 0 <= clips["itm"] <= 100 and 0 <= clips["lm_canonical"] <= 100
+    # a mid-run probe reads the grown checkpoint against the (smaller) --init directory
+    from training.shapes.probe import from_checkpoint
+    assert from_checkpoint(old, tmp_path / "new.ckpt" / "last.pt").fingerprint == Backbone.from_dirs(out).fingerprint
     grown = record["stages"][-1]["grown_words"]
     assert record["args"]["clip_share"] == 0.5
     assert "moves" in grown and "grown_words" not in record["stages"][0]

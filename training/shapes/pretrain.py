@@ -58,7 +58,7 @@ from adapters.kinds.full.model import FullFinetune  # noqa: E402
 from training import losses  # noqa: E402
 from training.loop import LoopConfig, train  # noqa: E402
 from training.shapes.language import vocabulary_texts  # noqa: E402
-from training.shapes.probe import probe  # noqa: E402
+from training.shapes.probe import probe, probe_clips  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.shapes.world import CONTRAST_SHARE, MUTATION_SETS, AltTextPairs  # noqa: E402
 from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer  # noqa: E402
@@ -218,6 +218,9 @@ def main(argv: list[str]) -> dict:
     if args.probe_pairs:
         record["probe"] = probe(Backbone.from_dirs(out), args.world_seed, "val", args.probe_pairs,
                                 sheet=out / "contact_sheet.png")
+        if args.clip_share:
+            record["probe"]["clips"] = probe_clips(Backbone.from_dirs(out), args.world_seed, "val",
+                                                   min(args.probe_pairs, 100), frames=args.clip_frames)
         print(json.dumps(record["probe"], indent=1))
     (out / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
     return record

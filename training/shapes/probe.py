@@ -2,6 +2,7 @@
 
     python -m training.shapes.probe --backbone models/blip-shapes --pairs 300 --sheet /tmp/sheet.png
     python -m training.shapes.probe --backbone models/blip-shapes --checkpoint /tmp/bb.ckpt/last.pt  # mid-run
+    python -m training.shapes.probe --backbone models/blip-shapes --clip-pairs 100   # + sibling clips
 
 A sibling pair is two scenes differing in one attribute (colour, shape, count, size or
 the relation), each with an alt-text caption false of the other scene. A backbone
@@ -12,6 +13,10 @@ that grounds the attribute scores its own caption above the sibling's. Per part:
 - lm_canonical: the same with the downstream canonical captions ("two red circles left
   of one blue square"), a format never pretrained: what an adapter can re-route.
 Each as % of pairs, overall and by the attribute that differs. Chance is 50%.
+
+`probe_clips` does the same on sibling clips (training.shapes.clip_world.AltTextClips), by
+the event that differs (move siblings are the same clip played backwards: order-blind
+video transfer sits at 50% there by construction, tests/test_clips.py).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from adapters import tasks
 from adapters.backbone import Backbone
-from training.shapes.language import PROMPT, canonical_captions, holds
+from training.shapes.language import PROMPT, canonical_captions, holds, vocabulary_texts
 from training.shapes.world import AltTextPairs, difference  # the stream pretraining reads
+from training.vocab_growth import grow_vocabulary
 
 
 def caption_log_likelihood(bb, image_embeds: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -47,9 +53,9 @@ def caption_log_likelihood(bb, image_embeds: torch.Tensor, texts: list[str]) -> 
 
 
 @torch.inference_mode()
-def _pair_scores(bb, images, own: list[str], other: list[str]) -> dict[str, np.ndarray]:
-    """Per image i (rows of `images`): scores of own[i] and other[i] for ITC, ITM, LM."""
-    pv = tasks.pixels(bb, images)
+def _pair_scores(bb, pv: torch.Tensor, own: list[str], other: list[str]) -> dict[str, np.ndarray]:
+    """Per image (or clip) i of pixels `pv` (B, 3, H, W) or (B, F, 3, H, W): scores of own[i]
+    and other[i] for ITC, ITM, LM."""
     embeds = tasks.encode_image(bb, pv)
     img = tasks.image_features(bb, embeds)
     out = {}
@@ -83,7 +89,7 @@ def probe(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int = 300,
                 canon_other.append(canonical_captions(y[0])[0])
         if not images:
             continue
-        for k, v in _pair_scores(bb, images, own, other).items():
+        for k, v in _pair_scores(bb, tasks.pixels(bb, images), own, other).items():
             rows[k].append(v)
         with torch.inference_mode():
             embeds = tasks.encode_image(bb, tasks.pixels(bb, images))
@@ -91,15 +97,7 @@ def probe(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int = 300,
             rows["canon_other"].append(caption_log_likelihood(bb, embeds, canon_other).numpy())
         if len(sheet_items) < 16:
             sheet_items += list(zip(images, own))[: 16 - len(sheet_items)]
-    s = {k: np.concatenate(v) for k, v in rows.items()}
-    wins = {"itc": s["itc_own"] > s["itc_other"], "itm": s["itm_own"] > s["itm_other"],
-            "lm": s["lm_own"] > s["lm_other"], "lm_canonical": s["canon_own"] > s["canon_other"]}
-    kinds_arr = np.array(kinds)
-    result = {"split": split, "pairs": len(kinds) // 2,
-              **{k: round(float(100 * v.mean()), 1) for k, v in wins.items()},
-              "itm_acc": round(float(100 * np.mean([(s["itm_own"] > 0.5).mean(), (s["itm_other"] <= 0.5).mean()])), 1),
-              "by_attribute": {a: {k: round(float(100 * v[kinds_arr == a].mean()), 1) for k, v in wins.items()}
-                               for a in sorted(set(kinds))}}
+    result = _summary(rows, kinds, split, "by_attribute")
     if sheet:
         images, refs = zip(*sheet_items)
         with torch.inference_mode():
@@ -107,6 +105,51 @@ def probe(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int = 300,
         result["examples"] = [{"alt_text": r, "greedy": h} for r, h in zip(refs[:4], hyps[:4])]
         contact_sheet(list(images), list(hyps), list(refs), Path(sheet))
     return result
+
+
+def _summary(rows: dict[str, list], kinds: list[str], split: str, by: str) -> dict:
+    """% of pairs won per part, overall and by kind of difference; itm_acc at P = 0.5."""
+    s = {k: np.concatenate(v) for k, v in rows.items()}
+    wins = {"itc": s["itc_own"] > s["itc_other"], "itm": s["itm_own"] > s["itm_other"],
+            "lm": s["lm_own"] > s["lm_other"], "lm_canonical": s["canon_own"] > s["canon_other"]}
+    kinds_arr = np.array(kinds)
+    return {"split": split, "pairs": len(kinds) // 2,
+            **{k: round(float(100 * v.mean()), 1) for k, v in wins.items()},
+            "itm_acc": round(float(100 * np.mean([(s["itm_own"] > 0.5).mean(), (s["itm_other"] <= 0.5).mean()])), 1),
+            by: {a: {k: round(float(100 * v[kinds_arr == a].mean()), 1) for k, v in wins.items()}
+                 for a in sorted(set(kinds))}}
+
+
+def probe_clips(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int = 100, *, batch_pairs: int = 8,
+                frames: int = 8) -> dict:
+    """`probe` on sibling clips of the clip pretraining pool, by the event kind that differs."""
+    from training.shapes.clip_world import AltTextClips
+    from training.shapes.motion import canonical_clip_captions, clip_holds
+
+    data = AltTextClips(world_seed, split, n_pairs, bb.config.vision_config.image_size, frames)
+    rows, kinds = defaultdict(list), []
+    for start in range(0, n_pairs, batch_pairs):
+        pairs = [data[p] for p in range(start, min(n_pairs, start + batch_pairs))]
+        keep = [(a, b) for a, b in pairs if not clip_holds(b[3], a[0]) and not clip_holds(a[3], b[0])]
+        if not keep:
+            continue
+        videos, own, other, canon_own, canon_other = [], [], [], [], []
+        for a, b in keep:
+            kinds += [a[0].event.kind] * 2
+            for x, y in ((a, b), (b, a)):
+                videos.append(x[1])
+                own.append(x[2])
+                other.append(y[2])
+                canon_own.append(canonical_clip_captions(x[0])[0])
+                canon_other.append(canonical_clip_captions(y[0])[0])
+        pv = tasks.video_pixels(bb, videos)  # (B, F, 3, H, W)
+        for k, v in _pair_scores(bb, pv, own, other).items():
+            rows[k].append(v)
+        with torch.inference_mode():
+            embeds = tasks.encode_image(bb, pv)
+            rows["canon_own"].append(caption_log_likelihood(bb, embeds, canon_own).numpy())
+            rows["canon_other"].append(caption_log_likelihood(bb, embeds, canon_other).numpy())
+    return _summary(rows, kinds, split, "by_event")
 
 
 def contact_sheet(images: list[Image.Image], hyps: list[str], refs: list[str], out: Path, scale: int = 3,
@@ -133,7 +176,12 @@ def from_checkpoint(backbone_dir: str | Path, checkpoint: str | Path) -> Backbon
     """The backbone a pretraining run (training.shapes.pretrain) holds at its last checkpoint:
     `backbone_dir` gives the architecture and processor, the checkpoint every weight."""
     bb = Backbone.from_dirs(backbone_dir)
-    params = torch.load(checkpoint, map_location="cpu", weights_only=False)["params"]
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    params, recipe = saved["params"], saved.get("recipe", {})
+    if recipe.get("grown_words"):  # an --init run that grew the vocabulary: grow the same way first
+        added = grow_vocabulary(bb, vocabulary_texts(motion=recipe.get("clip_share", 0) > 0))
+        if added != recipe["grown_words"]:
+            raise ValueError(f"{backbone_dir} does not grow into the vocabulary of {checkpoint}")
     state = {k.removeprefix("model."): v for k, v in params.items()}  # FullFinetune holds the copy as .model
     missing, unexpected = bb.load_state_dict(state, strict=False)
     tied = {"text_decoder.cls.predictions.decoder.weight", "text_decoder.cls.predictions.decoder.bias"}
@@ -155,11 +203,15 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--checkpoint", default=None,
                    help="probe this pretraining checkpoint (<out>.ckpt/last.pt) instead; --backbone then only gives "
                         "the architecture (e.g. the run's --init)")
+    p.add_argument("--clip-pairs", type=int, default=0, help="also probe this many sibling clip pairs (0: none)")
+    p.add_argument("--clip-frames", type=int, default=8, help="frames per probed clip")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     bb = from_checkpoint(args.backbone, args.checkpoint) if args.checkpoint else Backbone.from_dirs(args.backbone)
     result = probe(bb, args.world_seed, args.split, args.pairs, sheet=args.sheet)
+    if args.clip_pairs:
+        result["clips"] = probe_clips(bb, args.world_seed, args.split, args.clip_pairs, frames=args.clip_frames)
     print(json.dumps(result, indent=1))
     return result
 
