@@ -198,7 +198,7 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--backbone", required=True, help="backbone directory (e.g. models/blip-shapes)")
     p.add_argument("--world-seed", type=int, default=0, help="world seed of the probe pairs")
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split's pairs")
-    p.add_argument("--pairs", type=int, default=300, help="sibling pairs to score")
+    p.add_argument("--pairs", type=int, default=300, help="sibling image pairs to score (0: none)")
     p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of 16 images with greedy captions")
     p.add_argument("--checkpoint", default=None,
                    help="probe this pretraining checkpoint (<out>.ckpt/last.pt) instead; --backbone then only gives "
@@ -209,7 +209,7 @@ def main(argv: list[str]) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     bb = from_checkpoint(args.backbone, args.checkpoint) if args.checkpoint else Backbone.from_dirs(args.backbone)
-    result = probe(bb, args.world_seed, args.split, args.pairs, sheet=args.sheet)
+    result = probe(bb, args.world_seed, args.split, args.pairs, sheet=args.sheet) if args.pairs else {}
     if args.clip_pairs:
         result["clips"] = probe_clips(bb, args.world_seed, args.split, args.clip_pairs, frames=args.clip_frames)
     print(json.dumps(result, indent=1))
