@@ -56,10 +56,10 @@ from transformers import BlipConfig, BlipTextConfig, BlipVisionConfig  # noqa: E
 from adapters.backbone import Backbone  # noqa: E402
 from adapters.kinds.full.model import FullFinetune  # noqa: E402
 from training import losses  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
 from training.loop import LoopConfig, train  # noqa: E402
 from training.shapes.language import vocabulary_texts  # noqa: E402
 from training.shapes.probe import probe, probe_clips  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
 from training.shapes.world import CONTRAST_SHARE, MUTATION_SETS, AltTextPairs  # noqa: E402
 from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer  # noqa: E402
 from training.vocab_growth import grow_vocabulary  # noqa: E402
