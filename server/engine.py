@@ -241,7 +241,7 @@ class Engine:
 
     def _itc_image_batch(self, items: list[Rows]) -> list:
         def compute(group, routing):
-            vecs = from_image_tokens.itc_image(self.bb, torch.cat(self._image_tokens(group)))
+            vecs = from_image_tokens.itc_image(self.bb, torch.cat(self._image_tokens(group)), routing=routing)
             return _split(vecs, group)
 
         return self._run(items, compute)

@@ -29,17 +29,23 @@ import adapters
 
 KINDS = tuple(adapters.KINDS)
 NO_QASN_BY_DEFAULT = ("vcra", "vera")  # the CLI's vcra / vera rows are the ablation's "without QASN"
+TEMPORAL_KINDS = ("vcra", "vcra-qasn", "vera")  # kinds with the temporal module option (video frame tokens)
 ADAPTER_TASK = {"caption": "caption", "vqa": "vqa", "retrieval": "retrieve"}  # training name -> adapters' name
 
 
 def new_adapter(kind: str, bb, *, task: str, rank: int, seed: int, train_ab: bool = False,
-                targets: list[str] | None = None) -> nn.Module:
-    """`targets`: the modalities to adapt (None: the task's default)."""
+                targets: list[str] | None = None, temporal: bool = False) -> nn.Module:
+    """`targets`: the modalities to adapt (None: the task's default); `temporal`: add the
+    temporal module on video frame tokens (adapters/kinds/vcra/temporal.py)."""
     if kind not in KINDS:
         raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
     options = {"qasn": False} if kind in NO_QASN_BY_DEFAULT else {}
     if targets:
         options["targets"] = tuple(targets)
+    if temporal:
+        if kind not in TEMPORAL_KINDS:
+            raise ValueError(f"--temporal is an option of kinds {TEMPORAL_KINDS}, not {kind!r}")
+        options["temporal"] = True
     return adapters.create_adapter(kind, bb, task=ADAPTER_TASK[task], rank=rank, seed=seed, train_ab=train_ab,
                                    **options)
 
@@ -53,9 +59,16 @@ def trainable_count(adapter: nn.Module | None) -> int:
     return 0 if adapter is None else int(adapter.trainable_count())
 
 
+def temporal_count(adapter: nn.Module | None) -> int:
+    """Numbers of the temporal module (time codes + motion vectors), part of trainable_count; 0 without it."""
+    layout = getattr(adapter, "layout", None)
+    return int(layout.temporal_count()) if layout is not None and hasattr(layout, "temporal_count") else 0
+
+
 def paper_count(adapter: nn.Module | None) -> int:
     """The paper's Θ (sec. 3.2), which counts the shared A, B even when they stay frozen
-    at their seeded values; equals trainable_count for every other kind."""
+    at their seeded values; equals trainable_count for every other kind. A temporal module
+    (not in the paper) is in trainable_count and so here too: Θ + (K + 2)·Hv."""
     if adapter is None:
         return 0
     n = trainable_count(adapter)

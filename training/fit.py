@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the task's (adapters.kinds.base.TASK_TARGETS). Leaving out 'vision' keeps the "
                         "ViT frozen, so the server shares one vision pass between such adapters")
     p.add_argument("--train-ab", action="store_true", help="VCRA/VeRA: also train the shared A, B matrices")
+    p.add_argument("--temporal", action="store_true",
+                   help="VCRA/VeRA, vqa and retrieval: add the temporal module on video frame tokens (time codes + "
+                        "motion vectors, zero at init; adapters/kinds/vcra/temporal.py), so frame order can matter")
     p.add_argument("--mcam", action=argparse.BooleanOptionalAction, default=None,
                    help="retrieval: add the MCAM loss (None: on for vcra-qasn, off otherwise)")
     p.add_argument("--mcam-tau", type=float, default=0.07, help="MCAM softmax temperature tau (paper eq. 9)")
@@ -107,11 +110,15 @@ def recipe_of(args, world: int, lr: float, mcam: bool) -> dict:
             "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "world_size": world, "precision": args.precision,
             "train_limit": args.train_limit, "weight_decay": args.weight_decay, "warmup": args.warmup,
             "mcam": mcam, "mcam_tau": args.mcam_tau, "itc_temp": args.itc_temp, "train_ab": args.train_ab,
-            "targets": args.targets, "train": str(args.train), "backbone": str(args.backbone), "num_frames": args.num_frames}
+            "targets": args.targets, "train": str(args.train), "backbone": str(args.backbone), "num_frames": args.num_frames,
+            **({"temporal": True} if args.temporal else {})}
 
 
 def main(argv: list[str]) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.temporal and (args.kind not in adapters_io.TEMPORAL_KINDS or args.task == "caption"):
+        parser.error(f"--temporal needs --kind in {adapters_io.TEMPORAL_KINDS} and --task vqa or retrieval")
     from adapters.backbone import Backbone, BackboneSettings
 
     rank, world, device = _init_distributed()
@@ -124,7 +131,7 @@ def main(argv: list[str]) -> dict:
         # (name, the parameter object, its value) before any adapter is injected
         before = [(n, p, p.detach().clone()) for n, p in bb.named_parameters()]
         adapter = adapters_io.new_adapter(args.kind, bb, task=args.task, rank=args.rank, seed=args.seed,
-                                          train_ab=args.train_ab, targets=args.targets)
+                                          train_ab=args.train_ab, targets=args.targets, temporal=args.temporal)
         adapter.to(device)
         ds = DATASETS[args.task](load_json(args.train)[: args.train_limit], args.image_root, args.num_frames)
         cfg = LoopConfig(task=args.task, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
@@ -150,6 +157,7 @@ def main(argv: list[str]) -> dict:
         assert not changed, f"frozen backbone weights changed during training: {changed[:5]}"
         summary = {"task": args.task, "kind": args.kind, "trainable_params": adapters_io.trainable_count(adapter),
                    "paper_params": adapters_io.paper_count(adapter),
+                   **({"temporal_params": adapters_io.temporal_count(adapter)} if args.temporal else {}),
                    "steps": result["steps"], "train_seconds": result["seconds"], "last_loss": result["last_loss"],
                    "resumed_from": result["resumed_from"], "world_size": world}
         if rank == 0:

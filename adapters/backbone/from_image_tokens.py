@@ -10,7 +10,7 @@ tasks.encode_image(bb, px)` under the same routing they return what those return
     from_image_tokens.captions(bb, embeds, routing=r)          # B captions
     from_image_tokens.answers(bb, embeds, ids, routing=r)      # B answers, questions of any length
     from_image_tokens.rank_answers(bb, embeds, ids, [["yes", "no"], ...], routing=r)
-    from_image_tokens.itc_image(bb, embeds)                    # (B, D) unit ITC vectors
+    from_image_tokens.itc_image(bb, embeds, routing=r)         # (B, D) unit ITC vectors
     from_image_tokens.itm_logits(bb, embeds, ids, mask, routing=r)   # (B, 2)
 
 A row of `image_embeds` may repeat another's (one image, many adapters): rows are
@@ -72,10 +72,12 @@ def rank_answers(bb, image_embeds: torch.Tensor, ids: list[torch.Tensor], candid
         return tasks.rank_candidates(bb, states, states_mask, candidates)
 
 
-def itc_image(bb, image_embeds: torch.Tensor) -> torch.Tensor:
-    """(B, T, Hv) -> (B, D) unit ITC vectors (vision_proj is never adapted: no routing)."""
+def itc_image(bb, image_embeds: torch.Tensor, *, routing=None) -> torch.Tensor:
+    """(B, T, Hv) -> (B, D) unit ITC vectors. vision_proj is never adapted; the routing
+    matters for video tokens (B, F*T, Hv) only: an adapter's temporal module acts on them."""
     bb.require("retrieve")
-    return tasks.image_features(bb, image_embeds)
+    with routed_if_given(routing):
+        return tasks.image_features(bb, image_embeds)
 
 
 def itm_logits(bb, image_embeds: torch.Tensor, input_ids, attention_mask=None, *, routing=None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adapters.runtime.routing import routed_if_given
+from adapters.runtime.routing import current_routing, routed_if_given
 
 CAPTION_PROMPT = "a picture of "
 
@@ -53,6 +53,9 @@ def video_pixels(bb, videos) -> torch.Tensor:
 # beams: `expand_rows`), and the frames' tokens are concatenated, (B, F*T, Hv), for every
 # consumer that cross-attends them (fusion encoder, decoder, ITM). ITC (`image_features`)
 # takes the mean of the frames' [CLS] vectors, projected. F = 1 is exactly the image path.
+# An adapter's temporal module (adapters/kinds/vcra/temporal.py) acts on the frame tokens
+# where they are read after the ViT, under the call's routing: `fuse` and `image_features`
+# run them through `temporal` first (the server's vision stage hands them raw ViT tokens).
 def frame_tokens(bb) -> int:
     """Tokens one image (one frame) becomes: [CLS] + patches (T)."""
     vc = bb.config.vision_config
@@ -69,13 +72,30 @@ def encode_image(bb, pixel_values: torch.Tensor) -> torch.Tensor:
     return bb.vision_model(pixel_values=pixel_values.to(bb.dtype))[0]
 
 
+def temporal(bb, image_embeds: torch.Tensor) -> torch.Tensor:
+    """Video tokens (B, F*T, Hv) through the routed adapters' temporal modules, per row;
+    images (B, T, Hv), one-frame videos, and calls without such an adapter: unchanged (the
+    same tensor). F is read off the length."""
+    routing = current_routing()
+    t = frame_tokens(bb)
+    b, length, hidden = image_embeds.shape
+    if routing is None or not routing.has_frames or length <= t:
+        return image_embeds
+    if length % t:
+        raise ValueError(f"{length} image tokens are not a whole number of {t}-token frames")
+    frames = routing.frames(image_embeds.view(b, length // t, t, hidden))  # (B, F, T, Hv)
+    return frames.reshape(b, length, hidden)
+
+
 def encode_text(bb, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Unimodal text encoder (no cross attention): (B, L) -> (B, L, Ht)."""
     return bb.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 def fuse(bb, input_ids, attention_mask, image_embeds: torch.Tensor) -> torch.Tensor:
-    """The fusion encoder: text self-attention + cross-attention to image tokens -> (B, L, Ht)."""
+    """The fusion encoder: text self-attention + cross-attention to image tokens -> (B, L, Ht)
+    (video tokens through the routed temporal modules first)."""
+    image_embeds = temporal(bb, image_embeds)
     return bb.text_encoder(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -88,7 +108,9 @@ def image_features(bb, image_embeds: torch.Tensor) -> torch.Tensor:
     """ITC image vector from the [CLS] image token: (B, T, Hv) -> (B, D), unit norm. Video
     tokens (B, F*T, Hv) (F read off the length): the frames' [CLS] averaged, projected and
     normalised (UniAdapter's order; vision_proj is affine, so it equals the mean of the
-    projected frames, BLIP's video retrieval)."""
+    projected frames, BLIP's video retrieval); a routed temporal module acts on the frame
+    tokens first."""
+    image_embeds = temporal(bb, image_embeds)
     t = frame_tokens(bb)
     b, length, hidden = image_embeds.shape
     if length == t:

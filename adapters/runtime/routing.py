@@ -85,11 +85,14 @@ class RoutingGroup:
         fusion_block(routing, i, n, x, out)    after fusion block i (QASN)
         sublayer(routing, module, y, x1, mask) a sublayer's output y before its residual
                                                add x1 (`GatedSublayer`); mask (B, L) or None
+        frames(routing, frames)                video frame tokens (n, F, T, Hv) after the ViT, where
+                                               the fusion encoder and ITC read them (`tasks.temporal`)
     """
 
     requests: torch.Tensor | None = None
     uses_fusion_blocks = False  # fusion_block does something (the hook skips work otherwise)
     uses_sublayers = False
+    uses_frames = False  # frames does something (video tokens pass untouched otherwise)
 
     def linear(self, routing: "Routing", module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out
@@ -102,6 +105,9 @@ class RoutingGroup:
                  mask: torch.Tensor | None) -> torch.Tensor:
         return y
 
+    def frames(self, routing: "Routing", frames: torch.Tensor) -> torch.Tensor:
+        return frames
+
 
 class Routing:
     def __init__(self, slots: torch.Tensor | None, groups: list[RoutingGroup], guard=None):
@@ -111,6 +117,7 @@ class Routing:
         self.groups = groups
         self.has_fusion = any(g.uses_fusion_blocks for g in groups)
         self.has_sublayers = any(g.uses_sublayers for g in groups)
+        self.has_frames = any(g.uses_frames for g in groups)
         self._guard = guard  # (table, generation) for table-made routings
         self._cache: dict | None = {} if guard is not None else None
         self._cached_bytes = 0
@@ -182,3 +189,11 @@ class Routing:
             if group.uses_sublayers:
                 y = group.sublayer(self, module, y, x1, mask)
         return y
+
+    def frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Video frame tokens (n, F, T, Hv) through every group's temporal part."""
+        self.check()
+        for group in self.groups:
+            if group.uses_frames:
+                frames = group.frames(self, frames)
+        return frames

@@ -3,7 +3,8 @@ that runs all VCRA/VeRA rows of one call.
 
     VectorBank    per-slot Λa, Λb, s and QASN vectors, first axis = slot (slot 0 = zeros)
     PairGroup     one shared (A, B) set and the requests reading it
-    VectorRouting the RoutingGroup: every pair group of the call, for q/k/v sites and QASN
+    VectorRouting the RoutingGroup: every pair group of the call, for q/k/v sites, QASN and
+                  the temporal module on video frame tokens (temporal.py)
 
 Cost of one projection: per pair group, x Aᵀ then one (batched) matmul with the
 folded M = diag(Λa) Bᵀ diag(s·Λb) (see `layer.fold`), for any number of distinct
@@ -22,6 +23,7 @@ import torch
 from adapters.kinds.vcra.config import group_keys, proj_out
 from adapters.kinds.vcra.layer import apply_delta_, fold
 from adapters.kinds.vcra.qasn import side_network_step
+from adapters.kinds.vcra.temporal import apply_temporal
 from adapters.runtime.routing import RoutingGroup
 
 
@@ -34,11 +36,12 @@ class VectorBank:
     lam_b: torch.Tensor  # (S, G, D)  D = widest group (zero beyond a group's width)
     scale: torch.Tensor  # (S,)
     qasn: tuple[torch.Tensor, ...] | None = None  # Λa (S, N, R), Λb, α, β (S, N, d); N fusion blocks
+    temporal: tuple[torch.Tensor, torch.Tensor] | None = None  # codes (S, K, Hv), motion (S, 2, Hv); zero = off
     # table banks only: shared pairs, drawn once per pair key and refcounted by the slots reading them
     pairs: dict[tuple, list] = field(default_factory=dict)  # pair key -> [{pair: (A, B)}, refcount, rank]
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.lam_a, self.lam_b, self.scale, *(self.qasn or ())]
+        return [self.lam_a, self.lam_b, self.scale, *(self.qasn or ()), *(self.temporal or ())]
 
 
 @dataclass
@@ -58,11 +61,25 @@ def gather(t: torch.Tensor, sl: torch.Tensor | None) -> torch.Tensor:
 class VectorRouting(RoutingGroup):
     """All VCRA/VeRA rows of one call: a bank and its pair groups."""
 
-    def __init__(self, bank: VectorBank, pair_groups: list[PairGroup]):
+    def __init__(self, bank: VectorBank, pair_groups: list[PairGroup], temporal: bool = False):
         self.bank = bank
         self.pair_groups = pair_groups
         self.requests = None  # pair groups carry their own requests; rows outside read zeros
         self.uses_fusion_blocks = any(g.qasn_pair is not None for g in pair_groups)
+        self.uses_frames = temporal and bank.temporal is not None  # some row has the temporal module
+
+    def frames(self, routing, frames: torch.Tensor) -> torch.Tensor:
+        """The temporal module on video frame tokens (n, F, T, Hv), every row through its slot's
+        codes and motion vectors (slots without the module hold zeros: an exact zero delta)."""
+        n = frames.shape[0]
+        slots = routing.slots_for(n)
+
+        def make():
+            codes, motion = self.bank.temporal
+            return gather(codes, slots), gather(motion, slots)  # (n | 1, K, Hv), (n | 1, 2, Hv)
+
+        codes, motion = routing.memo(("temporal", n), make)
+        return apply_temporal(frames, codes, motion)
 
     def group_slots(self, routing, gi: int, group: PairGroup, n: int):
         """(rows, slots of those rows or None (= slot 0), single) for pair group gi in an n-row

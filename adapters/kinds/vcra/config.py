@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from adapters.kinds.base import DEFAULT_RANK, DEFAULT_SEED, TASK_TARGETS, TASKS, validate_task_rank_seed
+from adapters.kinds.vcra.temporal import TEMPORAL_KNOTS
 from adapters.runtime.sites import MODALITIES, Site
 
 SHARES = ("cross_modal", "modality")
@@ -48,6 +49,7 @@ class VcraConfig:
     qasn: bool | None = None  # None -> on iff the task runs the fusion encoder (vqa, retrieve)
     share: str = "cross_modal"  # "modality" = VeRA without cross-modal sharing
     scale_init: float = 1.0  # s; the delta starts at 0 through Λb = 0 whatever s is
+    temporal: bool = False  # the temporal module on video frame tokens (temporal.py); off: files as before
 
     def __post_init__(self):
         validate_task_rank_seed(self.task, self.rank, self.seed, TASKS)
@@ -60,14 +62,22 @@ class VcraConfig:
         object.__setattr__(self, "targets", tuple(m for m in MODALITIES if m in targets))
         if self.qasn is None:
             object.__setattr__(self, "qasn", "cross" in TASK_TARGETS[self.task])
+        if not isinstance(self.temporal, bool):
+            raise ValueError(f"temporal must be a bool, got {self.temporal!r}")
+        if self.temporal and "cross" not in TASK_TARGETS[self.task]:
+            raise ValueError(f"temporal acts where the fusion encoder and ITC read video frame tokens (vqa, "
+                             f"retrieve); a {self.task} adapter has neither")
 
     def pair_of(self, modality: str) -> str:
         return _CROSS_MODAL_PAIR[modality] if self.share == "cross_modal" else modality
 
     def options(self) -> dict:
         """Kind options as stored in a file header (everything but task/rank/seed)."""
-        return {"targets": list(self.targets), "train_ab": self.train_ab, "qasn": self.qasn,
-                "share": self.share, "scale_init": self.scale_init}
+        options = {"targets": list(self.targets), "train_ab": self.train_ab, "qasn": self.qasn,
+                   "share": self.share, "scale_init": self.scale_init}
+        if self.temporal:  # only when on: adapters without it keep the header they always had
+            options["temporal"] = True
+        return options
 
 
 def group_keys(site: Site) -> tuple[str, ...]:
@@ -91,9 +101,12 @@ class VcraLayout:
     pairs: dict[str, tuple[int, int]] = field(default_factory=dict)  # pair -> (d_in, d_out)
     qasn_blocks: int = 0
     qasn_width: int = 0
+    temporal_knots: int = 0  # K time codes (temporal.py); 0 = no temporal module
+    temporal_width: int = 0  # Hv, the vision tokens' width
 
     @classmethod
-    def build(cls, config: VcraConfig, sites: list[Site], fusion_blocks: int, fusion_width: int) -> "VcraLayout":
+    def build(cls, config: VcraConfig, sites: list[Site], fusion_blocks: int, fusion_width: int,
+              vision_width: int = 0) -> "VcraLayout":
         layout = cls()
         dims: dict[str, tuple[int, int]] = {}
         for site in sites:  # pair dims over every site of the pair's modalities
@@ -114,11 +127,19 @@ class VcraLayout:
             layout.qasn_blocks, layout.qasn_width = fusion_blocks, fusion_width
             enc = config.pair_of("cross")  # the side network reads the fusion modules' pair
             layout.pairs.setdefault(enc, dims[enc])
+        if config.temporal:
+            if vision_width <= 0:
+                raise ValueError("temporal needs the vision tokens' width")
+            layout.temporal_knots, layout.temporal_width = TEMPORAL_KNOTS, vision_width
         return layout
 
     def trainable_count(self, rank: int, train_ab: bool) -> int:
-        """Θ = [2·d·r per pair if A, B train] + Σ_groups (d_out + r) + 1 (s) + QASN blocks·(r + 3·d)."""
+        """Θ = [2·d·r per pair if A, B train] + Σ_groups (d_out + r) + 1 (s) + QASN blocks·(r + 3·d)
+        + [temporal: (K + 2)·Hv, the time codes and the two motion vectors]."""
         pairs = sum(rank * (d_in + d_out) for d_in, d_out in self.pairs.values()) if train_ab else 0
         vectors = sum(d + rank for d in self.groups.values())
         qasn = self.qasn_blocks * (rank + 3 * self.qasn_width)
-        return pairs + vectors + 1 + qasn
+        return pairs + vectors + 1 + qasn + self.temporal_count()
+
+    def temporal_count(self) -> int:
+        return (self.temporal_knots + 2) * self.temporal_width if self.temporal_knots else 0

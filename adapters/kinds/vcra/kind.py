@@ -7,6 +7,9 @@ zero in it. Shared (A, B) pairs are drawn once per pair key (kind, share, seed, 
 and refcounted; an adapter with its own trained pair keeps it with its slot (a pair
 key of its own) and forms its own pair group in a batch.
 
+Temporal module (`temporal.py`, option `temporal`): its codes and motion vectors are one
+more row of the bank, (K, Hv) and (2, Hv) per slot, zero for slots without it.
+
 Reported kind. A VCRA adapter with QASN reports "vcra-qasn", one without "vcra"
 (files written before the kind said so carry kind "vcra" and qasn in their options:
 they load and report the same).
@@ -22,6 +25,7 @@ from adapters.kinds.vcra.bank import PairGroup, VectorBank, VectorRouting
 from adapters.kinds.vcra.config import VcraConfig, group_keys, proj_out
 from adapters.kinds.vcra.layer import fold
 from adapters.kinds.vcra.model import VcraAdapter, stack_padded
+from adapters.kinds.vcra.temporal import TEMPORAL_KNOTS
 from adapters.runtime.injection import injected_sites
 from adapters.runtime.sites import MODALITIES, site_key
 
@@ -51,7 +55,13 @@ class VcraKind(AdapterKind):
     def touches_vision(self, meta) -> bool:
         """Vectors (Λa, Λb, s) on the ViT's fused qkv iff "vision" is a target; the shared
         pair alone changes nothing (Λb scales it). QASN runs beside the fusion encoder:
-        it reads image tokens but never changes them."""
+        it reads image tokens but never changes them.
+
+        The temporal module does not count either: it acts on the frame tokens the ViT
+        returned, inside `tasks.fuse` / `tasks.image_features` under the batch's routing.
+        Shared: the ViT pass itself (one per video for every adapter leaving the tower
+        frozen, temporal or not; server/image_features.py). Not shared: everything from the
+        temporal module on, which each row runs with its own codes."""
         return "vision" in meta.targets
 
     # -- table slots --------------------------------------------------------------------------
@@ -64,12 +74,14 @@ class VcraKind(AdapterKind):
                 widths[key] = proj_out(site)
         blocks = len(backbone.text_encoder.encoder.layer) if backbone.text_encoder is not None else 0
         d = backbone.config.text_config.hidden_size
+        hv = backbone.config.vision_config.hidden_size
         return VectorBank(
             groups={k: g for g, k in enumerate(widths)},
             lam_a=torch.zeros(rows, len(widths), max_rank, **kw),
             lam_b=torch.zeros(rows, len(widths), max(widths.values()), **kw),
             scale=torch.zeros(rows, **kw),
             qasn=tuple(torch.zeros(rows, blocks, w, **kw) for w in (max_rank, d, d, d)) if blocks else None,
+            temporal=(torch.zeros(rows, TEMPORAL_KNOTS, hv, **kw), torch.zeros(rows, 2, hv, **kw)),
         )
 
     def prepare(self, adapter, table) -> dict:
@@ -94,6 +106,8 @@ class VcraKind(AdapterKind):
                 "lam_b": stack_padded([adapter.lam_b[k].detach() for k in keys]).to(**kw),  # (Gk, Dk)
                 "scale": adapter.scale.detach().to(**kw),
                 "qasn": [torch.stack([p.detach() for p in st.values()]).to(**kw) for st in stores] if len(stores[0]) else [],
+                "temporal": (adapter.temporal_code.detach().to(**kw), adapter.temporal_motion.detach().to(**kw))
+                if adapter.config.temporal else None,
             }
 
     def store(self, table, index: int, payload: dict) -> None:
@@ -104,6 +118,9 @@ class VcraKind(AdapterKind):
         bank.scale[index] = payload["scale"]
         for part, value in enumerate(payload["qasn"]):  # (N, r | d) into (N, R | d)
             bank.qasn[part][index, :, : value.shape[1]] = value
+        if payload["temporal"] is not None:  # (K, Hv), (2, Hv)
+            for part, value in enumerate(payload["temporal"]):
+                bank.temporal[part][index] = value
         entry = bank.pairs.setdefault(self._pair_key(payload, index), [{}, 0, payload["rank"]])
         for n, pair in payload["pairs"].items():
             entry[0].setdefault(n, pair)
@@ -127,6 +144,7 @@ class VcraKind(AdapterKind):
         for payload, index, rows in members:
             by_pair.setdefault(self._pair_key(payload, index), []).append((payload, rows))
         device = table.backbone.device
+        temporal = any(p["temporal"] is not None for p, _, _ in members)
         groups = []
         for key, entries in by_pair.items():
             pairs, _, rank = bank.pairs[key]
@@ -136,7 +154,7 @@ class VcraKind(AdapterKind):
             # a single pair group runs over every row: the others hold zero vectors -> exact zero delta
             requests = None if len(by_pair) == 1 else torch.tensor(rows, dtype=torch.long, device=device)
             groups.append(PairGroup(pairs, pair_of, rank, requests, qasn))
-        return [VectorRouting(bank, groups)]
+        return [VectorRouting(bank, groups, temporal=temporal)]
 
     def group_key(self, payload, slot: int):
         return self.bank_key
@@ -149,6 +167,9 @@ class VcraKind(AdapterKind):
         if adapter.config.qasn:
             raise ValueError(f"this {adapter.kind} adapter has QASN, a side network with no LoRA form; "
                              "export a VCRA trained without QASN (kind 'vcra')")
+        if adapter.config.temporal:
+            raise ValueError(f"this {adapter.kind} adapter has the temporal module, which acts on video frame "
+                             "tokens, not on a projection: it has no LoRA form")
         pairs, s = adapter.pair.pairs(), adapter.scale.detach()
         out = {}
         for site in injected_sites(backbone):

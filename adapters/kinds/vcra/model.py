@@ -10,6 +10,7 @@ Tensors (state-dict names, which are also the adapter file's tensor names):
     scale          ()        init s0     the learnable scalar s
     qasn_lam_a.{i} (r), qasn_lam_b.{i} (d), qasn_alpha.{i} (d) init 1, qasn_beta.{i} (d) init 0
     pair.A_{p} (r, d_in), pair.B_{p} (d_out, r)    only if train_ab (else regenerated from seed)
+    temporal_code (K, Hv) init 0, temporal_motion (2, Hv) init 0   only if temporal (temporal.py)
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def layout_for(config: VcraConfig, backbone) -> VcraLayout:
     sites = injected_sites(backbone)
     te = backbone.text_encoder
     blocks = len(te.encoder.layer) if te is not None else 0
-    return VcraLayout.build(config, sites, blocks, backbone.config.text_config.hidden_size)
+    return VcraLayout.build(config, sites, blocks, backbone.config.text_config.hidden_size,
+                            backbone.config.vision_config.hidden_size)
 
 
 def stack_padded(vectors: list[torch.Tensor]) -> torch.Tensor:
@@ -81,6 +83,10 @@ class VcraAdapter(ConfigIdentity, nn.Module):
         self.qasn_alpha = nn.ParameterDict({str(i): nn.Parameter(torch.ones(d, **fp32)) for i in range(blocks)})
         self.qasn_beta = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(d, **fp32)) for i in range(blocks)})
         self.pair = PairStore(config, self.layout, device)
+        if config.temporal:  # registered only when on: state-dict names (file tensors) unchanged otherwise
+            k, hv = self.layout.temporal_knots, self.layout.temporal_width
+            self.temporal_code = nn.Parameter(torch.zeros(k, hv, **fp32))  # c_k at relative times (k + .5) / K
+            self.temporal_motion = nn.Parameter(torch.zeros(2, hv, **fp32))  # μ_back, μ_fwd
 
     # -- identity --------------------------------------------------------------------
     def pair_key(self) -> tuple:
@@ -100,14 +106,16 @@ class VcraAdapter(ConfigIdentity, nn.Module):
                           lam_a=torch.stack(list(self.lam_a.values())).unsqueeze(0),  # (1, G, r)
                           lam_b=stack_padded(list(self.lam_b.values())).unsqueeze(0),  # (1, G, D)
                           scale=self.scale.reshape(1))
+        if self.config.temporal:
+            bank.temporal = (self.temporal_code.unsqueeze(0), self.temporal_motion.unsqueeze(0))  # (1, K | 2, Hv)
         if self.config.qasn:
             bank.qasn = tuple(torch.stack(list(store.values())).unsqueeze(0)  # (1, N, r | d)
                               for store in (self.qasn_lam_a, self.qasn_lam_b, self.qasn_alpha, self.qasn_beta))
         group = PairGroup(self.pair.pairs(), self.pair_of(), self.config.rank, None,
                           self.config.pair_of("cross") if self.config.qasn else None)
-        return Routing(None, [VectorRouting(bank, [group])])
+        return Routing(None, [VectorRouting(bank, [group], temporal=self.config.temporal)])
 
     def extra_repr(self) -> str:
         c = self.config
         return (f"task={c.task}, rank={c.rank}, seed={c.seed}, share={c.share}, train_ab={c.train_ab}, "
-                f"qasn={c.qasn}, targets={c.targets}, trainable={self.trainable_count()}")
+                f"qasn={c.qasn}, temporal={c.temporal}, targets={c.targets}, trainable={self.trainable_count()}")
