@@ -118,7 +118,14 @@ def evaluate_vqa(bb, ds: VQADataset, route: Route = no_adapter, batch_size: int 
                  max_new_tokens: int | None = None, precision: str = "fp32", progress: bool = False) -> dict:
     preds = predict_answers(bb, ds, route, batch_size, num_beams, max_new_tokens, precision, progress)
     accs = [vqa_accuracy(p, ds[i][2]) for i, p in enumerate(preds)]
-    return {"accuracy": float(np.mean(accs) * 100), "n_questions": len(accs)}
+    out = {"accuracy": float(np.mean(accs) * 100), "n_questions": len(accs)}
+    types = [e.get("question_type") for e in ds.entries]
+    if any(t is not None for t in types):  # the world's files say what each question asks (e.g. "direction")
+        by_type: dict[str, list[float]] = {}
+        for t, a in zip(types, accs):
+            by_type.setdefault(t or "other", []).append(a)
+        out["by_type"] = {t: {"accuracy": float(np.mean(v) * 100), "n": len(v)} for t, v in sorted(by_type.items())}
+    return out
 
 
 @torch.inference_mode()
