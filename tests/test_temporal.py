@@ -271,3 +271,54 @@ def test_fit_trains_the_temporal_module_on_a_tiny_clip_world(tmp_path):
         with pytest.raises(SystemExit):
             fit.main([*bad, "--temporal", "--train", str(root / "video_qa_train.json"), "--val",
                       str(root / "video_qa_val.json"), "--out", str(tmp_path / "x.safetensors"), *common])
+
+
+def test_a_server_serves_temporal_adapters_in_mixed_video_batches(tmp_path):
+    """Through a real server: video VQA (generated, ranked, fan-out) and video -> text retrieval
+    (ITC then ITM) with temporal adapters beside plain ones and the frozen backbone, alone then
+    all at once: equal; and a temporal retrieval adapter scores a clip and its reversal apart
+    where the frozen backbone cannot (the tiny random backbone's VQA barely reads the video:
+    the task-level tests above check order there)."""
+    import os
+
+    from adapters.backbone import Backbone
+    from client import Client
+    from tests.test_server_harness import alone_then_together, running_server, tiny_world, write_random_adapter
+    from tests.test_server_mixed import _same
+    from tests.video_helpers import gif, moving_square_frames
+
+    base = tiny_world()
+    world = tmp_path / "world"
+    (world / "adapters").mkdir(parents=True)
+    os.symlink(base / "backbone", world / "backbone")
+    for f in (base / "adapters").glob("*.safetensors"):
+        os.symlink(f, world / "adapters" / f.name)
+    bb = Backbone.from_dirs(world / "backbone")
+    write_random_adapter(bb, world / "adapters" / "vqa-t.safetensors", "vcra-qasn", "vqa", seed=7, temporal=True)
+    write_random_adapter(bb, world / "adapters" / "vqa-t-novision.safetensors", "vcra-qasn", "vqa", seed=8,
+                         temporal=True, targets=("text", "cross", "decoder", "decoder_cross"))
+    write_random_adapter(bb, world / "adapters" / "retrieval-t.safetensors", "vcra-qasn", "retrieve", seed=9,
+                         temporal=True)
+    frames = moving_square_frames(7)  # 3 sampled of 7: frames 1, 3, 5 either way round
+    clip, backwards = gif(frames), gif(frames[::-1])
+    texts = {"a": "a red circle left of a blue square", "b": "two green triangles"}
+    reqs = []
+    for i, adapter in enumerate(["vqa-t", "vqa", None, "vqa-t-novision", "none", "vqa-t"]):
+        reqs.append(("vqa", dict(image=None, question="what colour is the circle ?", video=clip, num_frames=3,
+                                 adapter=adapter)))
+        reqs.append(("vqa", dict(image=None, question="is there a star ?", video=backwards, num_frames=3,
+                                 candidates=["yes", "no"], adapter=adapter)))
+    reqs.append(("vqa", dict(image=None, question="is there a star ?", video=clip, num_frames=3,
+                             adapters=["vqa-t", "vqa-t-novision", "vqa", "none"])))
+    for adapter in ("retrieval-t", "retrieval", "none", "retrieval-t"):
+        reqs.append(("retrieve", dict(video=clip, num_frames=3, texts=texts, adapter=adapter)))
+    with running_server(world, max_wait_ms=40, max_batch_size=16, video_num_frames=3, max_video_num_frames=6) as u:
+        alone, mixed = alone_then_together(u, reqs)
+        with Client(u) as c:
+            scores = {(a, name): {h["id"]: h["score"] for h in c.retrieve(video=v, num_frames=3, texts=texts,
+                                                                           adapter=a)["results"]}
+                      for a in ("retrieval-t", "none") for name, v in (("clip", clip), ("backwards", backwards))}
+    for i, (a, m) in enumerate(zip(alone, mixed)):
+        _same(a, m, f"request {i} {reqs[i][0]}")
+    assert scores[("none", "clip")] == pytest.approx(scores[("none", "backwards")], abs=1e-4)
+    assert scores[("retrieval-t", "clip")] != pytest.approx(scores[("retrieval-t", "backwards")], abs=1e-4)
