@@ -24,7 +24,8 @@ API (exact signatures):
     create_adapter(kind, backbone, *, task, rank=8, seed=0, train_ab=False, **kind_options) -> adapter
         kind: a name of adapters.kinds.KINDS ("vcra", "vcra-qasn", "vera", "lora", "vl-pet-large",
         "vl-pet-middle-x", "vl-pet-middle-y", "vl-pet-small", "full"); task "caption" | "vqa" | "retrieve"
-        vcra/vera options: targets=(modalities...), qasn=None|bool, scale_init=1.0; lora: targets, alpha;
+        vcra/vera options: targets=(modalities...), qasn=None|bool, scale_init=1.0, temporal=False
+        (vqa/retrieve: the temporal module on video frame tokens, adapters/kinds/vcra/temporal.py); lora: targets, alpha;
         vl-pet-*: targets=(parts...), gate_rank
         adapter: nn.Module with .kind .task .rank .seed .config .backbone_fingerprint,
                  .trainable_count() -> int, .routing() -> Routing (live parameters, all rows)

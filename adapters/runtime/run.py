@@ -30,7 +30,7 @@ def create_adapter(kind: str, backbone, *, task: str, rank: int = DEFAULT_RANK, 
     """A fresh adapter of `kind` for `backbone` that leaves it unchanged where the kind
     allows (see each kind's docstring). `.parameters()` are exactly the trainable tensors.
 
-    kind_options: vcra/vcra-qasn/vera: targets, qasn, scale_init; lora: targets, alpha
+    kind_options: vcra/vcra-qasn/vera: targets, qasn, scale_init, temporal (vqa/retrieve: video); lora: targets, alpha
     (A, B always train; train_ab is ignored); vl-pet-*: targets, gate_rank; full: none."""
     spec = get_kind(kind)
     if spec.servable:
