@@ -233,6 +233,8 @@ def test_options_are_checked(setup):
         KINDS["vcra"].lora_factors(create_adapter("vcra", bb, task="retrieve", rank=4, seed=0, qasn=False,
                                                   temporal=True), bb)
     assert "temporal" not in made["plain"].config.options()
+    for name in ("t", "vera_t", "t_novision"):  # trainable_count = the optimizer's numbers, temporal included
+        assert sum(p.numel() for p in made[name].parameters()) == made[name].trainable_count(), name
 
 
 def test_fit_trains_the_temporal_module_on_a_tiny_clip_world(tmp_path):
