@@ -51,7 +51,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from adapters import create_adapter, save_adapter, tasks  # noqa: E402
 from adapters.backbone import Backbone  # noqa: E402
 from bench import serve_ceiling, serve_vqa  # noqa: E402
-from client import AsyncClient, Client, ConnectionFailed  # noqa: E402
+from bench.closed_loop import closed_loop, pct  # noqa: E402
+from client import Client, ConnectionFailed  # noqa: E402
 
 SHIPPED = ROOT / "models" / "blip-shapes"
 SHIPPED_ADAPTERS = ROOT / "models" / "adapters"
@@ -119,10 +120,6 @@ def make_images(n: int, size: int) -> list[bytes]:
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 # -- baseline -----------------------------------------------------------------------------
@@ -195,22 +192,11 @@ def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "
 
 async def load(url: str, images: list[bytes], names: list[str], concurrency: int, n: int, budget: float,
                max_new_tokens: int) -> dict:
-    lat: list[float] = []
-    counter = iter(range(n))
-    start = time.perf_counter()
+    """Closed loop of caption requests, image i % len and adapter i % len each."""
+    async def caption(c, i):
+        await c.caption(images[i % len(images)], adapter=names[i % len(names)], max_new_tokens=max_new_tokens)
 
-    async def worker(c: AsyncClient):
-        for i in counter:
-            if time.perf_counter() - start > budget:
-                return
-            t0 = time.perf_counter()
-            await c.caption(images[i % len(images)], adapter=names[i % len(names)], max_new_tokens=max_new_tokens)
-            lat.append(time.perf_counter() - t0)
-
-    async with AsyncClient(url, timeout=300, max_connections=concurrency) as c:
-        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    return {"n": len(lat), "rps": len(lat) / wall, "p50": pct(lat, 50), "p99": pct(lat, 99)}
+    return await closed_loop(url, concurrency, n, budget, caption)
 
 
 def main(argv: list[str]) -> None:

@@ -31,17 +31,11 @@ from PIL import Image
 
 from adapters import AdapterTable, create_adapter, predict, save_adapter, tasks
 from adapters.backbone import Backbone
-from client import AsyncClient
+from bench.closed_loop import closed_loop, pct
 
 QUESTIONS = ["what colour is the circle ?", "is there a star ?", "how many squares are there ?",
              "where is the star ?", "what shape is left of the red circle ?"]
 FROZEN_VIT = ("decoder", "decoder_cross")  # caption adapters leaving the vision tower frozen
-
-
-def pct(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def fanout_adapters(bb_dir: Path, out: Path) -> dict[str, list[str]]:
@@ -87,26 +81,6 @@ def ceiling(bb_dir: Path, adapters: Path, names: list[str], images: list[bytes],
     return {"n": rows, "rps": rows / sum(lat), "p50": pct(lat, 50), "p99": pct(lat, 99)}
 
 
-async def _units(url: str, concurrency: int, n: int, budget: float, unit) -> dict:
-    """Closed loop: `concurrency` clients each running `unit(client, i)` until n units or budget."""
-    lat: list[float] = []
-    counter = iter(range(n))
-    start = time.perf_counter()
-
-    async def worker(c):
-        for i in counter:
-            if time.perf_counter() - start > budget:
-                return
-            t0 = time.perf_counter()
-            await unit(c, i)
-            lat.append(time.perf_counter() - t0)
-
-    async with AsyncClient(url, timeout=600, max_connections=max(concurrency * 5, 8)) as c:
-        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    return {"n": len(lat), "rps": len(lat) / wall, "p50": pct(lat, 50), "p99": pct(lat, 99)}
-
-
 def fanout_rows(url: str, names: dict[str, list[str]], images: list[bytes], args, conc: int) -> list[tuple]:
     rows = []
     for group, adapters in names.items():
@@ -118,8 +92,8 @@ def fanout_rows(url: str, names: dict[str, list[str]], images: list[bytes], args
                                    for a in adapters))
 
         for mode, unit in (("1 request, adapters=[4]", one_request), ("4 requests", four_requests)):
-            asyncio.run(_units(url, 1, 2, args.time_budget, unit))  # warm-up: adapters loaded, first calls done
-            r = asyncio.run(_units(url, conc, args.requests, args.time_budget, unit))
+            asyncio.run(closed_loop(url, 1, 2, args.time_budget, unit, connections=8))  # warm-up: adapters loaded, first calls done
+            r = asyncio.run(closed_loop(url, conc, args.requests, args.time_budget, unit, connections=max(conc * 5, 8)))
             rows.append((f"fan-out, ViT {group}: {mode}", conc, r))
     return rows
 
@@ -134,8 +108,9 @@ def cache_rows(start_server, images: list[bytes], args, conc: int) -> list[tuple
                 for q in QUESTIONS:
                     await c.vqa(images[i % len(images)], q, adapter="none")
 
-            asyncio.run(_units(url, 1, 1, args.time_budget, lambda c, i: c.vqa(images[-1], QUESTIONS[0])))  # warm-up
-            r = asyncio.run(_units(url, conc, max(8, args.requests // 5), args.time_budget, five))
+            asyncio.run(closed_loop(url, 1, 1, args.time_budget, lambda c, i: c.vqa(images[-1], QUESTIONS[0])))  # warm-up
+            r = asyncio.run(closed_loop(url, conc, max(8, args.requests // 5), args.time_budget, five,
+                                           connections=max(conc * 5, 8)))
             rows.append((f"5 questions on one image, {label} (per 5)", conc, r))
         finally:
             proc.send_signal(signal.SIGTERM)

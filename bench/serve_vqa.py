@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 
 import numpy as np
 
+from bench.closed_loop import closed_loop
 from client import AsyncClient, Client
 
 # 4 to 19 tokens on models/blip-shapes' tokenizer: 8 distinct lengths
@@ -46,22 +46,10 @@ def batch_stats(url: str) -> tuple[float, float]:
 
 async def vqa_load(url: str, images: list[bytes], concurrency: int, n: int, budget: float) -> dict:
     """Closed loop: `concurrency` clients, request i asks QUESTIONS[i % 10] about images[i % len]."""
-    lat: list[float] = []
-    counter = iter(range(n))
-    start = time.perf_counter()
+    async def ask(c, i):
+        await c.vqa(images[i % len(images)], QUESTIONS[i % len(QUESTIONS)])
 
-    async def worker(c: AsyncClient):
-        for i in counter:
-            if time.perf_counter() - start > budget:
-                return
-            t0 = time.perf_counter()
-            await c.vqa(images[i % len(images)], QUESTIONS[i % len(QUESTIONS)])
-            lat.append(time.perf_counter() - t0)
-
-    async with AsyncClient(url, timeout=300, max_connections=concurrency) as c:
-        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    return {"n": len(lat), "wall": wall, "lat": lat}
+    return await closed_loop(url, concurrency, n, budget, ask)
 
 
 def same_answers(new_url: str, old_url: str, images: list[bytes]) -> bool:

@@ -30,7 +30,8 @@ def _run(out, *extra):
 def backbone_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "blip-tiny"
     record = _run(out, "--steps", "4", "--probe-pairs", "8")
-    assert {"itc", "itm", "lm", "lm_canonical", "itm_acc", "by_attribute"} <= set(record["probe"])
+    assert {"itc", "itm", "lm", "lm_canonical", "itm_acc", "by_attribute", "position_r2"} <= set(record["probe"])
+    assert record["probe"]["position_r2"] <= 1
     assert record["last"]["step"] == 4 and record["train_seconds"] > 0
     return out
 
@@ -148,3 +149,15 @@ def test_probe_reads_a_pretraining_checkpoint(backbone_dir):
     bb = from_checkpoint(backbone_dir, ckpt)
     saved = Backbone.from_dirs(backbone_dir)  # written from the same final weights
     assert bb.fingerprint == saved.fingerprint
+
+
+def test_position_r2_sees_positions_only_when_the_vit_keeps_them(backbone_dir):
+    from training.shapes.probe import position_r2
+    images = [r[1] for p in range(12) for r in AltTextPairs(seed=5, split="val", n_pairs=12, image_size=32)[p]]
+    blind = Backbone.from_dirs(backbone_dir)
+    with torch.no_grad():
+        blind.vision_model.embeddings.position_embedding.zero_()  # no position embedding at all
+    strong = Backbone.from_dirs(backbone_dir)
+    pretrain.add_sincos_positions(strong, 5.0)  # positions of norm 20: they dominate every token
+    assert position_r2(strong, images) > 0.9
+    assert position_r2(strong, images) > position_r2(blind, images) + 0.2

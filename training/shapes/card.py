@@ -129,6 +129,10 @@ def card(backbone: Path, served: dict | None) -> str:
         "scores an image's own caption above its sibling's (chance 50), by the attribute that differs.", "",
         probe_table(rec["probe"]), "",
     ]
+    if "position_r2" in rec["probe"]:
+        lines += [f"Position after the ViT (`training.shapes.probe.position_r2`): a linear map reads a patch's "
+                  f"column and row off its output token with R² = {rec['probe']['position_r2']} (1 = exactly; "
+                  "backbone v2's first stage: 0.04, so it could not see a mirrored layout).", ""]
     if served:
         lines += ["## Downstream, through the server, on a world seed no training used", "",
                   "`training.served_eval` against `python -m server` with the shipped defaults "

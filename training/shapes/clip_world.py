@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from training.shapes.clips import DEFAULT_FRAMES, POOL_CLIP_DOWNSTREAM, POOL_CLIP_PRETRAIN, clip_pair, render_clip
 from training.shapes.motion import canonical_clip_captions, clip_alt_text, clip_holds, clip_questions
-from training.shapes.world import CONTRAST_SHARE, SPLITS, _answers, _units, text_fields
+from training.shapes.world import CONTRAST_SHARE, SPLITS, SiblingStream, _answers, _units, text_fields
 
 FPS = 8  # frames per second of the written files: an 8-frame clip lasts one second
 
@@ -101,28 +101,24 @@ def write_clips(out: Path, seed: int, n_clips: int, size: int, frames: int = DEF
     return files, texts
 
 
-class AltTextClips(Dataset):
-    """Item p = sibling clip pair p of the clip pretraining pool's `split`, rendered on demand:
-    ((clip, frames, text, description, cut) x 2), as `AltTextPairs` gives image pairs. `cut`
-    splits the text's words for the prefix LM; `start` skips the stream's first pairs."""
+class AltTextClips(SiblingStream):
+    """The clip stream: sibling clip pairs of the clip pretraining pool's `split` with alt text,
+    frames rendered on demand ((clip, frames, text, description, cut) x 2), as `AltTextPairs`
+    gives image pairs."""
 
     def __init__(self, seed: int, split: str, n_pairs: int, image_size: int, frames: int = DEFAULT_FRAMES,
                  start: int = 0, contrast_share: float = CONTRAST_SHARE):
         self.seed, self.split, self.n_pairs, self.image_size = seed, split, n_pairs, image_size
         self.frames, self.start, self.contrast_share = frames, start, contrast_share
 
-    def __len__(self) -> int:
-        return self.n_pairs
+    def pair(self, index: int):
+        return clip_pair(self.seed, POOL_CLIP_PRETRAIN, self.split, index, self.image_size, self.frames)
 
-    def __getitem__(self, p: int):
-        rng, *pair = clip_pair(self.seed, POOL_CLIP_PRETRAIN, self.split, self.start + p, self.image_size,
-                               self.frames)
-        rows = []
-        for clip, sibling in zip(pair, pair[::-1]):
-            text, desc = clip_alt_text(rng, clip, contrast=sibling, contrast_share=self.contrast_share)
-            frames = render_clip(clip, int(rng.integers(2**31)))
-            rows.append((clip, frames, text, desc, int(rng.integers(len(text.split())))))  # cut in [0, words)
-        return rows
+    def text(self, rng, x, sibling):
+        return clip_alt_text(rng, x, contrast=sibling, contrast_share=self.contrast_share)
+
+    def draw(self, x, seed: int):
+        return render_clip(x, seed)
 
     def collate(self, items, processor) -> dict:
         rows = [r for pair in items for r in pair]

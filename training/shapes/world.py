@@ -57,7 +57,7 @@ MUTATION_SETS = {"weighted": PRETRAIN_MUTATIONS, "uniform": ("colour", "shape", 
 DOWNSTREAM_MUTATIONS = ("colour", "shape", "count", "relation")  # what canonical captions can tell apart
 CONTRAST_SHARE = 0.8  # share of pretraining captions drawn to be false of the sibling (when one exists)
 
-__all__ = ["PROMPT", "AltTextPairs", "scene_pair", "sample_scene", "mutate", "difference", "generate", "load_texts",
+__all__ = ["PROMPT", "SiblingStream", "AltTextPairs", "scene_pair", "sample_scene", "mutate", "difference", "generate", "load_texts",
            "vocabulary_texts"]
 
 
@@ -139,32 +139,60 @@ def scene_pair(seed: int, pool: int, split: str, index: int, size: int, mutation
     return rng, first, mutate(rng, first, MUTATION_SETS[mutations] if pool == POOL_PRETRAIN else DOWNSTREAM_MUTATIONS)
 
 
-class AltTextPairs(Dataset):
-    """Item p = sibling pair p of the pretraining pool's `split`, rendered on demand:
-    ((scene, image, caption, description, cut) x 2). Collate flattens pairs into rows.
+class SiblingStream(Dataset):
+    """Item p = sibling pair `start + p` of a pretraining pool, drawn on demand:
+    ((x, pixels, text, description, cut) x 2), x a scene or a clip. Subclasses say how a
+    pair is made (`pair`), described (`text`) and drawn (`draw`); every draw comes from the
+    pair's own rng in one order, so an item is a pure function of its index.
 
-    `cut` splits the caption's words for the prefix-LM objective: words[:cut] go through
-    the fusion encoder with the image, the decoder continues with words[cut:] (the path
-    VQA uses: question fused with the image -> answer). `start` skips the first pairs of
-    the stream (a continued pretraining sees new pairs); `mutations` and `contrast_share`
-    say how siblings differ and how many captions tell them apart (`alt_text`)."""
+    `cut` splits the text's words for the prefix-LM objective: words[:cut] go through the
+    fusion encoder with the pixels, the decoder continues with words[cut:] (the path VQA
+    uses: question fused with the image -> answer). `start` skips the first pairs of the
+    stream (a continued pretraining sees new pairs)."""
+
+    n_pairs: int
+    start: int
+
+    def __len__(self) -> int:
+        return self.n_pairs
+
+    def pair(self, index: int) -> tuple[np.random.Generator, object, object]:
+        raise NotImplementedError
+
+    def text(self, rng: np.random.Generator, x, sibling) -> tuple[str, object]:
+        raise NotImplementedError
+
+    def draw(self, x, seed: int):
+        raise NotImplementedError
+
+    def __getitem__(self, p: int):
+        rng, *pair = self.pair(self.start + p)
+        rows = []
+        for x, sibling in zip(pair, pair[::-1]):
+            text, desc = self.text(rng, x, sibling)
+            pixels = self.draw(x, int(rng.integers(2**31)))
+            rows.append((x, pixels, text, desc, int(rng.integers(len(text.split())))))  # cut in [0, words)
+        return rows
+
+
+class AltTextPairs(SiblingStream):
+    """The image stream: sibling scene pairs of the pretraining pool's `split` with alt text;
+    `mutations` and `contrast_share` say how siblings differ and how many captions tell them
+    apart (`alt_text`). Collate flattens pairs into rows."""
 
     def __init__(self, seed: int, split: str, n_pairs: int, image_size: int, start: int = 0,
                  mutations: str = "weighted", contrast_share: float = CONTRAST_SHARE):
         self.seed, self.split, self.n_pairs, self.image_size, self.start = seed, split, n_pairs, image_size, start
         self.mutations, self.contrast_share = mutations, contrast_share
 
-    def __len__(self) -> int:
-        return self.n_pairs
+    def pair(self, index: int):
+        return scene_pair(self.seed, POOL_PRETRAIN, self.split, index, self.image_size, self.mutations)
 
-    def __getitem__(self, p: int):
-        rng, *pair = scene_pair(self.seed, POOL_PRETRAIN, self.split, self.start + p, self.image_size, self.mutations)
-        rows = []
-        for scene, sibling in zip(pair, pair[::-1]):
-            text, desc = alt_text(rng, scene, contrast=sibling, contrast_share=self.contrast_share)
-            image = render(scene, int(rng.integers(2**31)))
-            rows.append((scene, image, text, desc, int(rng.integers(len(text.split())))))  # cut in [0, words)
-        return rows
+    def text(self, rng, x, sibling):
+        return alt_text(rng, x, contrast=sibling, contrast_share=self.contrast_share)
+
+    def draw(self, x, seed: int):
+        return render(x, seed)
 
     def collate(self, items, processor) -> dict:
         rows = [r for pair in items for r in pair]
