@@ -67,7 +67,7 @@ def probe_table(probe: dict) -> str:
 
 def _flags(args: dict) -> str:
     keys = ("steps", "hidden", "layers", "heads", "patch", "image_size", "batch_pairs", "lr", "warmup", "mutations",
-            "contrast_share", "seed", "world_seed")
+            "contrast_share", "sincos_positions", "seed", "world_seed")
     return " ".join(f"--{k.replace('_', '-')} {args[k]}" for k in keys if k in args and not (args.get("init") and k in
                     ("hidden", "layers", "heads", "patch", "image_size")))
 

@@ -247,7 +247,8 @@ def alt_text(rng: np.random.Generator, scene: Scene, contrast: Scene | None = No
     in the canonical form. With `contrast` (the sibling), a `contrast_share` of captions
     are also false of it, so the pair is a hard negative only grounding can tell apart
     (a relation sibling needs a spatial claim; few captions make one by chance)."""
-    want = contrast is not None and rng.random() < contrast_share
+    # share 0 draws nothing: the stream is then exactly backbone v2's first stage's
+    want = contrast is not None and contrast_share > 0 and rng.random() < contrast_share
     for attempt in range(60):
         text, d = _alt_text_once(rng, scene)
         if want and attempt < 40 and holds(d, contrast):
