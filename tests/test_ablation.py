@@ -48,3 +48,20 @@ def test_ablation_vl_pet_rows_run_for_every_task(tmp_path):
     assert all(small[t] < large[t] for t in small)  # G of 1 x 1 costs less than N x d
     text = md.read_text()
     assert all(f"| {row} | " in text and "not run" not in text.split(f"| {row} | ")[1].split("\n")[0] for row in rows)
+
+
+def test_ablation_merges_parallel_work_directories_and_renders_without_running(tmp_path):
+    """Two processes (one per core) run disjoint tasks into their own --work; a third
+    invocation merges them and only renders: nothing is trained again."""
+    world = tiny_shapes_world(tmp_path / "world", seed=2, n=40)
+    common = ["--backbone", str(world / "bb"), "--world", str(world), "--rows", "frozen", "VCRA+QASN",
+              "--batch-size", "4", "--train-limit", "8", "--val-limit", "4", "--test-limit", "4", "--k-test", "2"]
+    a = ablation.main([*common, "--work", str(tmp_path / "a"), "--results", str(tmp_path / "a.md"), "--tasks", "vqa"])
+    b = ablation.main([*common, "--work", str(tmp_path / "b"), "--results", str(tmp_path / "b.md"),
+                       "--tasks", "caption"])
+    md = tmp_path / "all.md"
+    merged = ablation.main([*common, "--work", str(tmp_path / "all"), "--results", str(md), "--tasks", "caption", "vqa",
+                            "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--render-only"])
+    assert merged == a + b
+    text = md.read_text()
+    assert "| VCRA+QASN | " in text and "not run" not in text.split("| VCRA+QASN | ")[1].split("\n")[0]

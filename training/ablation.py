@@ -306,12 +306,21 @@ def main(argv: list[str]) -> list[dict]:
     p.add_argument("--eval-every", type=int, default=0, help="validation curve point every N steps (0: end only)")
     p.add_argument("--test-limit", type=int, nargs="+", default=[600], help="test entries per task (1 or 3)")
     p.add_argument("--k-test", type=int, default=16, help="retrieval: ITC candidates re-ranked by ITM")
+    p.add_argument("--merge", nargs="+", default=[], metavar="WORK",
+                   help="first add the finished runs of these other --work directories (e.g. tasks run by parallel "
+                        "processes, one per core); their adapters and logs stay where they are")
+    p.add_argument("--render-only", action="store_true",
+                   help="run nothing: write the table and plots from the runs <work>/results.json holds")
     args = p.parse_args(argv)
     args.train_limit, args.test_limit = _per_task(args.train_limit, args.tasks), _per_task(args.test_limit, args.tasks)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     store = work / "results.json"
     results = json.loads(store.read_text()) if store.exists() else []  # rerun = resume: finished runs are kept
+    for other in args.merge:
+        key = lambda r: (r["task"], r["row"], r["seed"], r.get("lr"), "main" in r)  # noqa: E731
+        known = {key(r) for r in results}
+        results += [r for r in json.loads((Path(other) / "results.json").read_text()) if key(r) not in known]
 
     def done(task, row, seed, search_lr=None) -> bool:
         return any(r["task"] == task and r["row"] == row and r["seed"] == seed and
@@ -324,7 +333,7 @@ def main(argv: list[str]) -> list[dict]:
         print(json.dumps({k: r.get(k) for k in ("task", "row", "seed", "lr", "main", "val_main")}), flush=True)
 
     t0 = time.perf_counter()
-    for task in args.tasks:
+    for task in [] if args.render_only else args.tasks:
         for row, kind, extra in ROWS:
             if (args.rows and row not in args.rows) or (row == "VCRA+QASN+MCAM" and task != "retrieval"):
                 continue
