@@ -178,6 +178,9 @@ def main(argv: list[str]) -> dict:
             grown = grow_vocabulary(fresh, run_vocabulary(args))
             if grown:
                 print(f"grew the vocabulary by {len(grown)} tokens: {' '.join(grown[:12])} ...", flush=True)
+    if args.sincos_positions and any(st["args"].get("sincos_positions") for st in stages):
+        print("the --init backbone already got its sin-cos grid in an earlier stage: not adding another", flush=True)
+        args.sincos_positions = 0.0  # recorded as what this stage did
     if args.sincos_positions:
         add_sincos_positions(fresh, args.sincos_positions)
     model = FullFinetune(fresh, task="pretrain")  # trains a copy; `fresh` stays the untouched init (asserted)
