@@ -53,58 +53,64 @@ def caption_log_likelihood(bb, image_embeds: torch.Tensor, texts: list[str]) -> 
 
 
 @torch.inference_mode()
-def _pair_scores(bb, pv: torch.Tensor, own: list[str], other: list[str]) -> dict[str, np.ndarray]:
-    """Per image (or clip) i of pixels `pv` (B, 3, H, W) or (B, F, 3, H, W): scores of own[i]
-    and other[i] for ITC, ITM, LM."""
+def _pair_scores(bb, pv: torch.Tensor, texts: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Per image (or clip) i of pixels `pv` (B, 3, H, W) or (B, F, 3, H, W), one encoding:
+    ITC, ITM and LM scores of texts["own"][i] and texts["other"][i], and the LM score of
+    texts["canon_own"][i] and texts["canon_other"][i]."""
     embeds = tasks.encode_image(bb, pv)
     img = tasks.image_features(bb, embeds)
     out = {}
-    for name, texts in (("own", own), ("other", other)):
-        ids, mask = tasks.tokens(bb, texts)
+    for name in ("own", "other"):
+        ids, mask = tasks.tokens(bb, texts[name])
         txt = tasks.text_features(bb, tasks.encode_text(bb, ids, mask))
         fused = tasks.fuse(bb, ids, mask, embeds)
         out[f"itc_{name}"] = (img * txt).sum(-1).float().numpy()
         out[f"itm_{name}"] = bb.itm_head(fused[:, 0]).float().softmax(-1)[:, 1].numpy()
-        out[f"lm_{name}"] = caption_log_likelihood(bb, embeds, texts).numpy()
+        out[f"lm_{name}"] = caption_log_likelihood(bb, embeds, texts[name]).numpy()
+    for name in ("canon_own", "canon_other"):
+        out[name] = caption_log_likelihood(bb, embeds, texts[name]).numpy()
     return out
+
+
+def _score_siblings(bb, data, n_pairs: int, batch_pairs: int, *, holds_fn, kind_of, canonical, to_pixels):
+    """Score the sibling pairs of `data` (AltTextPairs or AltTextClips) whose texts are each
+    false of the other (`holds_fn`) -> (score rows, the kind of difference per row, every
+    drawn pair). `canonical(x)` gives x's downstream caption, `to_pixels` batches pixels."""
+    rows, kinds, drawn = defaultdict(list), [], []
+    for start in range(0, n_pairs, batch_pairs):
+        pairs = [data[p] for p in range(start, min(n_pairs, start + batch_pairs))]
+        drawn += pairs
+        keep = [(a, b) for a, b in pairs if not holds_fn(b[3], a[0]) and not holds_fn(a[3], b[0])]
+        if not keep:
+            continue
+        pixels, texts = [], defaultdict(list)
+        for a, b in keep:
+            kinds += [kind_of(a[0], b[0])] * 2
+            for x, y in ((a, b), (b, a)):  # each pair scored both ways
+                pixels.append(x[1])
+                texts["own"].append(x[2])
+                texts["other"].append(y[2])
+                texts["canon_own"].append(canonical(x[0]))
+                texts["canon_other"].append(canonical(y[0]))
+        for k, v in _pair_scores(bb, to_pixels(bb, pixels), texts).items():
+            rows[k].append(v)
+    return rows, kinds, drawn
 
 
 def probe(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int = 300, *, batch_pairs: int = 32,
           sheet: str | Path | None = None) -> dict:
     data = AltTextPairs(world_seed, split, n_pairs, bb.config.vision_config.image_size)
-    rows = defaultdict(list)
-    kinds: list[str] = []
-    sheet_items = []
-    for start in range(0, n_pairs, batch_pairs):
-        pairs = [data[p] for p in range(start, min(n_pairs, start + batch_pairs))]
-        keep = [(a, b) for a, b in pairs if not holds(b[3], a[0]) and not holds(a[3], b[0])]
-        images, own, other, canon_own, canon_other = [], [], [], [], []
-        for a, b in keep:
-            kinds += [difference(a[0], b[0])] * 2
-            for x, y in ((a, b), (b, a)):
-                images.append(x[1])
-                own.append(x[2])
-                other.append(y[2])
-                canon_own.append(canonical_captions(x[0])[0])
-                canon_other.append(canonical_captions(y[0])[0])
-        if not images:
-            continue
-        for k, v in _pair_scores(bb, tasks.pixels(bb, images), own, other).items():
-            rows[k].append(v)
-        with torch.inference_mode():
-            embeds = tasks.encode_image(bb, tasks.pixels(bb, images))
-            rows["canon_own"].append(caption_log_likelihood(bb, embeds, canon_own).numpy())
-            rows["canon_other"].append(caption_log_likelihood(bb, embeds, canon_other).numpy())
-        if len(sheet_items) < 16:
-            sheet_items += list(zip(images, own))[: 16 - len(sheet_items)]
+    rows, kinds, drawn = _score_siblings(bb, data, n_pairs, batch_pairs, holds_fn=holds, kind_of=difference,
+                                         canonical=lambda scene: canonical_captions(scene)[0], to_pixels=tasks.pixels)
     result = _summary(rows, kinds, split, "by_attribute")
-    result["position_r2"] = position_r2(bb, [a[1] for pair in (data[p] for p in range(min(n_pairs, 64))) for a in pair])
+    result["position_r2"] = position_r2(bb, [x[1] for pair in drawn[:64] for x in pair])
     if sheet:
-        images, refs = zip(*sheet_items)
+        kept = [x for a, b in drawn if not holds(b[3], a[0]) and not holds(a[3], b[0]) for x in (a, b)][:16]
+        images, refs = [x[1] for x in kept], [x[2] for x in kept]
         with torch.inference_mode():
-            hyps = tasks.caption(bb, tasks.pixels(bb, list(images)))
+            hyps = tasks.caption(bb, tasks.pixels(bb, images))
         result["examples"] = [{"alt_text": r, "greedy": h} for r, h in zip(refs[:4], hyps[:4])]
-        contact_sheet(list(images), list(hyps), list(refs), Path(sheet))
+        contact_sheet(images, list(hyps), refs, Path(sheet))
     return result
 
 
@@ -149,28 +155,10 @@ def probe_clips(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int 
     from training.shapes.motion import canonical_clip_captions, clip_holds
 
     data = AltTextClips(world_seed, split, n_pairs, bb.config.vision_config.image_size, frames)
-    rows, kinds = defaultdict(list), []
-    for start in range(0, n_pairs, batch_pairs):
-        pairs = [data[p] for p in range(start, min(n_pairs, start + batch_pairs))]
-        keep = [(a, b) for a, b in pairs if not clip_holds(b[3], a[0]) and not clip_holds(a[3], b[0])]
-        if not keep:
-            continue
-        videos, own, other, canon_own, canon_other = [], [], [], [], []
-        for a, b in keep:
-            kinds += [a[0].event.kind] * 2
-            for x, y in ((a, b), (b, a)):
-                videos.append(x[1])
-                own.append(x[2])
-                other.append(y[2])
-                canon_own.append(canonical_clip_captions(x[0])[0])
-                canon_other.append(canonical_clip_captions(y[0])[0])
-        pv = tasks.video_pixels(bb, videos)  # (B, F, 3, H, W)
-        for k, v in _pair_scores(bb, pv, own, other).items():
-            rows[k].append(v)
-        with torch.inference_mode():
-            embeds = tasks.encode_image(bb, pv)
-            rows["canon_own"].append(caption_log_likelihood(bb, embeds, canon_own).numpy())
-            rows["canon_other"].append(caption_log_likelihood(bb, embeds, canon_other).numpy())
+    rows, kinds, _ = _score_siblings(bb, data, n_pairs, batch_pairs, holds_fn=clip_holds,
+                                     kind_of=lambda a, b: a.event.kind,
+                                     canonical=lambda clip: canonical_clip_captions(clip)[0],
+                                     to_pixels=tasks.video_pixels)  # (B, F, 3, H, W)
     return _summary(rows, kinds, split, "by_event")
 
 
