@@ -122,7 +122,7 @@ def test_init_continues_from_a_backbone_on_the_streams_next_pairs(backbone_dir, 
     first = json.loads((backbone_dir / "pretrain.json").read_text())
     assert [st["pairs"] for st in record["stages"]] == [4 * 4, 2 * 4]  # the init's 4 steps x 4 pairs, then ours
     assert record["stages"][0]["args"] == first["args"]
-    # the fixture's run added the sin-cos grid (default 0.5); a continued run never adds a second one
+    # the fixture's run added the sin-cos grid (default 0.5); a continued run adds none unless asked
     assert first["args"]["sincos_positions"] == 0.5 and record["args"]["sincos_positions"] == 0.0
     assert record["train_seconds_total"] == pytest.approx(first["train_seconds"] + record["train_seconds"], abs=0.2)
     # the init's weights were the start (not a fresh init): sizes are the init's, not the CLI defaults

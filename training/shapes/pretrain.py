@@ -90,10 +90,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="how sibling pairs differ (training.shapes.world.MUTATION_SETS)")
     p.add_argument("--contrast-share", type=float, default=CONTRAST_SHARE,
                    help="share of captions drawn to be false of the image's sibling")
-    p.add_argument("--sincos-positions", type=float, default=0.5,
+    p.add_argument("--sincos-positions", type=float, default=None,
                    help="add a 2-D sin-cos grid times this to the ViT position embeddings before training (row norm "
-                        "8x this): v2's learned positions grew to norm 0.6 beside patch features of norm 11.5, and "
-                        "it could not tell left from right (0: leave them)")
+                        "8x this; default 0.5 on a fresh run, 0 with --init, where a value adds that much more): v2's "
+                        "learned positions grew to norm 0.6 beside patch features of norm 11.5, and it could not tell "
+                        "left from right; at 0.5 a fusion encoder still could not learn 'where is the X' "
+                        "(docs/results.md, the position experiment)")
     p.add_argument("--batch-pairs", type=int, default=32, help="sibling pairs per step (rows = 2x)")
     p.add_argument("--clip-share", type=float, default=0.0,
                    help="share of steps that are batches of sibling clip pairs (0: images only, the stream as before)")
@@ -178,9 +180,8 @@ def main(argv: list[str]) -> dict:
             grown = grow_vocabulary(fresh, run_vocabulary(args))
             if grown:
                 print(f"grew the vocabulary by {len(grown)} tokens: {' '.join(grown[:12])} ...", flush=True)
-    if args.sincos_positions and any(st["args"].get("sincos_positions") for st in stages):
-        print("the --init backbone already got its sin-cos grid in an earlier stage: not adding another", flush=True)
-        args.sincos_positions = 0.0  # recorded as what this stage did
+    if args.sincos_positions is None:  # recorded as what this stage did
+        args.sincos_positions = 0.0 if args.init else 0.5
     if args.sincos_positions:
         add_sincos_positions(fresh, args.sincos_positions)
     model = FullFinetune(fresh, task="pretrain")  # trains a copy; `fresh` stays the untouched init (asserted)
