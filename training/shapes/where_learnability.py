@@ -1,0 +1,111 @@
+"""Can a fine-tune learn "where is the X" from a backbone? The experiment behind the stage-3
+position grid (docs/results.md, "Why relation stayed at chance").
+
+    python -m training.shapes.where_learnability --backbone models/blip-shapes --world /tmp/w0 \
+        --extra-sincos 0 2 --steps 1000
+
+"where" in this world is relational: a group's region (left/right/top/bottom half) is only
+determined against the other group (a corner object can be in either), so it needs the same
+two-object position comparison as the relation questions. For each --extra-sincos value s,
+a copy of the backbone gets s x the 2-D sin-cos grid added to its ViT position embeddings
+(training.shapes.pretrain.add_sincos_positions; 0 = as shipped), then its ViT and fusion
+encoder are fully fine-tuned with a linear head on the fused [CLS] to classify the answer
+of the world's "where" training questions (4 classes). Printed: held-out accuracy every
+--eval-every steps on --test questions kept out of training. Chance is 25%; the layout axis
+alone (horizontal or vertical pair) gives 50%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from adapters.backbone import Backbone, tasks
+from training.shapes.language import WHERE_WORDS
+from training.shapes.pretrain import add_sincos_positions
+
+LABELS = sorted(WHERE_WORDS.values())  # bottom, left, right, top
+
+
+def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -> list[tuple[int, float]]:
+    torch.manual_seed(args.seed)
+    bb = Backbone.from_dirs(args.backbone)
+    if extra:
+        add_sincos_positions(bb, extra)
+    head = torch.nn.Linear(bb.config.text_config.hidden_size, len(LABELS))
+    params = [*bb.text_encoder.parameters(), *bb.vision_model.parameters(), *head.parameters()]
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, args.lr)
+
+    def logits(batch: list[dict]) -> torch.Tensor:  # (B, 4) from the fused [CLS]
+        px = tasks.pixels(bb, [images[q["image"]] for q in batch])
+        ids, mask = tasks.tokens(bb, [q["question"] for q in batch])
+        return head(tasks.fuse(bb, ids, mask, tasks.encode_image(bb, px))[:, 0])
+
+    def accuracy() -> float:
+        bb.eval()
+        with torch.no_grad():
+            right = sum(int((logits(test[i:i + 100]).argmax(-1) == _labels(test[i:i + 100])).sum())
+                        for i in range(0, len(test), 100))
+        bb.train()
+        return 100.0 * right / len(test)
+
+    rng, curve = random.Random(args.seed), []
+    bb.train()
+    for step in range(1, args.steps + 1):
+        batch = rng.sample(train, args.batch_size)
+        loss = torch.nn.functional.cross_entropy(logits(batch), _labels(batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % args.eval_every == 0:
+            curve.append((step, accuracy()))
+            print(f"extra sin-cos {extra:g}  step {step:5d}  loss {loss.item():.3f}  held-out acc {curve[-1][1]:.1f}%",
+                  flush=True)
+    return curve
+
+
+def _labels(batch: list[dict]) -> torch.Tensor:
+    return torch.tensor([LABELS.index(q["answer"][0]) for q in batch])
+
+
+def main(argv: list[str]) -> dict:
+    p = argparse.ArgumentParser(prog="python -m training.shapes.where_learnability", description=__doc__.split("\n")[0])
+    p.add_argument("--backbone", required=True, help="backbone directory")
+    p.add_argument("--world", required=True, help="world directory with vqa_train.json (training.shapes.world)")
+    p.add_argument("--extra-sincos", type=float, nargs="+", default=[0.0, 2.0], help="grid scales to compare")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per scale")
+    p.add_argument("--eval-every", type=int, default=100, help="held-out accuracy every N steps")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (ViT, fusion encoder, head)")
+    p.add_argument("--train", type=int, default=8000, help="training questions (first N after the held-out ones)")
+    p.add_argument("--test", type=int, default=400, help="held-out questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the curves here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    qs = [q for q in json.loads(Path(args.world, "vqa_train.json").read_text()) if q["question_type"] == "where"]
+    random.Random(0).shuffle(qs)
+    test, train = qs[:args.test], qs[args.test:args.test + args.train]
+    images = {q["image"]: Image.open(Path(args.world, q["image"])).convert("RGB") for q in test + train}
+    t0 = time.perf_counter()
+    out = {"args": vars(args), "curves": {f"{s:g}": run(args, s, train, test, images) for s in args.extra_sincos}}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
