@@ -69,9 +69,10 @@ async def caption(request: Request, svc: ServicesDep) -> CaptionResponse | Capti
 @router.post("/vqa", response_model=VqaResponse | VqaFanoutResponse, response_model_exclude_none=True,
              openapi_extra=_body_doc(VqaRequest))
 async def vqa(request: Request, svc: ServicesDep) -> VqaResponse | VqaFanoutResponse:
-    """Answer a question about an image or a video (default adapter: the vqa or video-vqa one; beam search, by default 3 beams and at
+    """Answer a question about an image or a video (beam search, by default 3 beams and at
     most 10 tokens); with `candidates`, rank them by log-likelihood instead; with `adapters`,
-    once per adapter (one decode, one ViT pass shared by adapters leaving it frozen)."""
+    once per adapter (one decode, one ViT pass shared by adapters leaving it frozen). No
+    adapter named: the vqa default; for a video, the video-vqa default when usable."""
     s = svc.settings
     svc.require_task("vqa")
     body, raw = await read_task_body(request, VqaRequest, s, svc.engine.decode_pool, files=("image", "video"))

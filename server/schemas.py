@@ -240,4 +240,5 @@ class Ready(BaseModel):
     fingerprint: str
     tasks: list[str]
     adapters_loaded: int
-    defaults: dict[str, str] = Field(..., description="adapter each task ('vqa') and video task ('video-vqa') uses when a request names none")
+    defaults: dict[str, str] = Field(..., description="adapter each task ('vqa') and video task ('video-vqa') "
+                                                      "uses when a request names none")
