@@ -18,7 +18,7 @@ from server.registry import FROZEN, check_name
 from server.retrieval import gallery_vectors, open_gallery, space
 from server.schemas import (AdapterInfo, AdapterList, GalleryAdd, GalleryChange, GalleryCreate, GalleryDeleteItems,
                             GalleryIndex, GalleryInfo, GalleryList)
-from server.settings import TASKS
+from server.settings import DEFAULT_SLOTS, slot_label
 
 log = logging.getLogger("unitrans.server")
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -28,7 +28,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 def _info(svc, name: str) -> AdapterInfo:
     entry = svc.registry.loaded.get(name)
     meta = entry.meta if entry else svc.registry.header(name)
-    defaults = [t for t in TASKS if svc.settings.default_adapter(t) == name]
+    defaults = [slot_label(t, v) for t, v in DEFAULT_SLOTS if svc.settings.default_adapter(t, v) == name]
     if meta is None or isinstance(meta, Exception):
         return AdapterInfo(name=name, loaded=False, pinned=False, default_for=defaults,
                            error=str(meta) if meta is not None else "file missing")
@@ -111,7 +111,8 @@ async def delete_gallery(name: str, svc: ServicesDep) -> dict:
 @router.post("/galleries/{name}/items", response_model=GalleryChange, tags=["galleries"])
 async def add_items(name: str, body: GalleryAdd, svc: ServicesDep, tasks: BackgroundTasks) -> GalleryChange:
     """Add or replace items (by id); their ITC vectors are computed now with `adapter` (default:
-    the retrieval default), and later for any other adapter on its first search."""
+    the retrieval default, the video retrieval default for a video gallery), and later for any
+    other adapter on its first search."""
     s = svc.settings
     svc.require_task("retrieve")
     tbl = await open_gallery(svc, name)
@@ -126,7 +127,7 @@ async def add_items(name: str, body: GalleryAdd, svc: ServicesDep, tasks: Backgr
             it.id.encode()
         except (ValueError, UnicodeEncodeError):
             raise Unprocessable(f"items[{i}]: id and metadata must be UTF-8 JSON (no NaN, no lone surrogates)") from None
-    adapter = svc.registry.resolve("retrieve", body.adapter)
+    adapter = svc.registry.resolve("retrieve", body.adapter, video=kind == "video")
     rows = []
     if kind == "image":
         images = []
@@ -185,7 +186,7 @@ async def index_gallery(name: str, body: GalleryIndex, svc: ServicesDep) -> Gall
     """Build (or rebuild) the IVF-PQ index of `adapter`'s vectors now, whatever the gallery's size."""
     svc.require_task("retrieve")
     tbl = await open_gallery(svc, name)
-    adapter = svc.registry.resolve("retrieve", body.adapter)
+    adapter = svc.registry.resolve("retrieve", body.adapter, video=svc.galleries.kind(tbl) == "video")
     if await run_in_threadpool(tbl.count_rows) < 256:  # before computing any vector
         raise Unprocessable(f"gallery {name!r} has under 256 items: too few to train an index (exact search is used)")
     async with svc.lock(name):

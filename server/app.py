@@ -182,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Ready(ready=True, backbone=", ".join(str(d.name) for d in svc.settings.backbone_dirs()),
                      fingerprint=svc.backbone.fingerprint, tasks=sorted(svc.backbone.tasks),
                      adapters_loaded=len(svc.registry.loaded),
-                     defaults={t: svc.registry.default_name(t) or "none" for t in sorted(svc.backbone.tasks)})
+                     defaults=svc.registry.defaults(svc.backbone.tasks))
 
     @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)])
     async def metrics() -> Response:

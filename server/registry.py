@@ -16,7 +16,9 @@ server does not start) and, if such a file appears later, per request (409).
 A name with a file in an adapter directory is served even when not loaded: the
 first batch naming it loads it (LRU-evicting an unpinned adapter when full).
 `none` is the frozen backbone. No name = the task's default adapter when it is usable
-(its file fits this task and backbone), else the frozen backbone.
+(its file fits this task and backbone), else the frozen backbone; a request carrying
+a video (or searching videos) first tries the task's video default (`video-vqa`,
+`video-retrieval`), then the image default, then the frozen backbone.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from adapters import AdapterTable, read_adapter_meta
 from adapters.errors import AdapterFileError, AdapterTableError
 from server.errors import Conflict, NotFound, TableFull, Unprocessable, WrongTask
 from server.schemas import NAME_PATTERN
-from server.settings import TASKS, Settings
+from server.settings import DEFAULT_SLOTS, TASKS, Settings, slot_label
 
 log = logging.getLogger("unitrans.adapters")
 NAME_RE = re.compile(NAME_PATTERN)
@@ -147,27 +149,37 @@ class AdapterRegistry:
         return entry.version if entry else (_stat_version(self.path(name)) or "absent")
 
     # -- event loop side --------------------------------------------------------------------
-    def default_name(self, task: str) -> str | None:
-        """The task's default adapter if it is usable here (loaded, or a readable file of this
-        task made for this backbone), else None: the frozen backbone. So serving another
+    def default_name(self, task: str, video: bool = False) -> str | None:
+        """The default adapter a request naming none runs with: for a video, the task's video
+        default if usable, else the image default if usable (loaded, or a readable file of
+        this task made for this backbone), else None: the frozen backbone. So serving another
         backbone (a real BLIP) with the shipped adapter directory falls back to frozen
         instead of failing every request; a named adapter still gets its 404/422."""
-        name = self.settings.default_adapter(task)
-        if name == FROZEN:
-            return None
+        names = [self.settings.default_adapter(task, video=True)] if video else []
+        for name in names + [self.settings.default_adapter(task)]:
+            if name == FROZEN:  # set so: this kind of input runs on the frozen backbone
+                return None
+            if self._usable(task, name):
+                return name
+        return None
+
+    def _usable(self, task: str, name: str) -> bool:
         entry = self._loaded.get(name)
         meta = entry.meta if entry else self.header(name)
         if meta is None or isinstance(meta, AdapterFileError):
-            return None
-        if meta.task != task or meta.backbone_fingerprint != self.backbone.fingerprint:
-            return None
-        return name
+            return False
+        return meta.task == task and meta.backbone_fingerprint == self.backbone.fingerprint
 
-    def resolve(self, task: str, name: str | None) -> str | None:
-        """The adapter a request runs with (None = frozen), or 404 / 422."""
+    def defaults(self, tasks) -> dict[str, str]:
+        """{'vqa': name, 'video-vqa': name, ...} of the defaults `tasks` use now ('none' = frozen)."""
+        return {slot_label(t, v): self.default_name(t, v) or FROZEN for t, v in DEFAULT_SLOTS if t in tasks}
+
+    def resolve(self, task: str, name: str | None, video: bool = False) -> str | None:
+        """The adapter a request runs with (None = frozen), or 404 / 422; `video`: the request
+        carries or searches videos (picks the default when it names none)."""
         assert task in TASKS, task
         if name is None:
-            name = self.default_name(task)
+            name = self.default_name(task, video)
             if name is None:
                 return None
         if name == FROZEN:
@@ -241,19 +253,23 @@ class AdapterRegistry:
         self._changed(name)
 
     def load_defaults(self) -> list[str]:
-        """Load and pin each task's default adapter whose file exists; log the others."""
+        """Load and pin each default adapter (image and video) whose file exists; log the others."""
         done = []
-        for task in TASKS:
-            name = self.settings.default_adapter(task)
-            if name == FROZEN or self.path(name) is None:
+        for task, video in DEFAULT_SLOTS:
+            name, label = self.settings.default_adapter(task, video), slot_label(task, video)
+            if name == FROZEN or name in done:
+                continue
+            if self.path(name) is None:
+                log.info("default %s adapter %r: no file in the adapter directories (%s)", label, name,
+                         "the image default serves videos" if video else "the frozen backbone serves")
                 continue
             try:
                 meta = self.load(name, pin=True)
             except (NotFound, Unprocessable, TableFull, Conflict) as exc:
-                log.warning("default %s adapter %r not loaded: %s", task, name, exc.message)
+                log.warning("default %s adapter %r not loaded: %s", label, name, exc.message)
                 continue
             if meta.task != task:
-                log.warning("default %s adapter %r is a %s adapter", task, name, meta.task)
+                log.warning("default %s adapter %r is a %s adapter", label, name, meta.task)
             done.append(name)
         return done
 

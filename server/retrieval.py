@@ -5,6 +5,9 @@ by BLIP's score (`adapters.predict.rerank_score`, the one `training.evaluate` ra
     text -> video   query text vs a video gallery, or inline videos
     image -> text   query image (or video) vs a text gallery, or inline texts
 
+A request naming no adapter runs with the retrieval default, or with the video retrieval
+default when it carries or searches videos (`searches_videos`).
+
 Gallery vectors are kept per adapter (server/galleries.py: the vector lifecycle); a
 search with an adapter whose vectors are missing or stale (another adapter file,
 another backbone, an item replaced since) computes and stores them first. `filter`
@@ -140,6 +143,16 @@ async def query_pixels(svc: Services, req: RetrieveRequest):
     return await svc.engine.image_pixels(b64decode(req.image, "image"), "image")
 
 
+async def searches_videos(svc: Services, req: RetrieveRequest) -> bool:
+    """A video query, inline videos or a video gallery: a request naming no adapter then runs
+    with the video retrieval default (server/registry.py)."""
+    if req.video is not None or req.videos is not None:
+        return True
+    if req.text is not None and req.gallery is not None:
+        return await gallery_kind(svc, req.gallery, ("image", "video")) == "video"
+    return False
+
+
 def _top(sims: np.ndarray, k: int) -> list[int]:
     k = min(k, sims.shape[0])
     top = np.argpartition(-sims, k - 1)[:k]
@@ -167,7 +180,8 @@ async def retrieve(svc: Services, req: RetrieveRequest, *, adapter: str | None =
             where = compile_filter(req.filter)
         except FilterError as exc:
             raise Unprocessable(f"filter: {exc}") from None
-    adapter = svc.registry.resolve("retrieve", req.adapter if adapter is None else adapter)
+    name = req.adapter if adapter is None else adapter
+    adapter = svc.registry.resolve("retrieve", name, video=name is None and await searches_videos(svc, req))
     engine = svc.engine
 
     if req.text is not None:  # text -> image or video

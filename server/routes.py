@@ -35,11 +35,12 @@ def _check_generation(body, s) -> None:
         raise Unprocessable(f"num_beams: {body.num_beams} is over the limit of {s.max_beams_limit}")
 
 
-def resolve_adapters(svc, task: str, body) -> list[str | None]:
-    """The adapters a request runs with: [its one] or, for a fan-out (`adapters`), each named one
-    in order (404/422 for the first bad name; None = frozen backbone)."""
+def resolve_adapters(svc, task: str, body, video: bool = False) -> list[str | None]:
+    """The adapters a request runs with: [its one] (none named: the task's default, its video
+    default when `video`) or, for a fan-out (`adapters`), each named one in order (404/422 for
+    the first bad name; None = frozen backbone)."""
     if body.adapters is None:
-        return [svc.registry.resolve(task, body.adapter)]
+        return [svc.registry.resolve(task, body.adapter, video)]
     if len(body.adapters) > svc.settings.max_fanout:
         raise Unprocessable(f"adapters: {len(body.adapters)} is over the limit of {svc.settings.max_fanout}")
     names = [svc.registry.resolve(task, name) for name in body.adapters]
@@ -70,7 +71,8 @@ async def caption(request: Request, svc: ServicesDep) -> CaptionResponse | Capti
 async def vqa(request: Request, svc: ServicesDep) -> VqaResponse | VqaFanoutResponse:
     """Answer a question about an image or a video (beam search, by default 3 beams and at
     most 10 tokens); with `candidates`, rank them by log-likelihood instead; with `adapters`,
-    once per adapter (one decode, one ViT pass shared by adapters leaving it frozen)."""
+    once per adapter (one decode, one ViT pass shared by adapters leaving it frozen). No
+    adapter named: the vqa default; for a video, the video-vqa default when usable."""
     s = svc.settings
     svc.require_task("vqa")
     body, raw = await read_task_body(request, VqaRequest, s, svc.engine.decode_pool, files=("image", "video"))
@@ -86,7 +88,7 @@ async def vqa(request: Request, svc: ServicesDep) -> VqaResponse | VqaFanoutResp
             check_text(cand, s, f"candidates[{i}]")
         if len(set(body.candidates)) != len(body.candidates):
             raise Unprocessable("candidates: must be unique")
-    adapters = resolve_adapters(svc, "vqa", body)
+    adapters = resolve_adapters(svc, "vqa", body, video=body.video is not None)  # a file: body.video is a marker
     if body.video is not None:  # (1, F, 3, H, W); a multipart file arrived as `raw`
         pixels, keys = await videos.pixels_of(svc, raw if raw is not None else body.video, body.num_frames)
     else:

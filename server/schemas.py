@@ -196,7 +196,8 @@ class GalleryInfo(BaseModel):
 
 
 class GalleryIndex(Body):
-    adapter: str | None = Field(None, description="index this adapter's vectors (default: the retrieval default)")
+    adapter: str | None = Field(None, description="index this adapter's vectors (default: the retrieval default; "
+                                                  "a video gallery: the video retrieval default)")
 
 
 class GalleryList(BaseModel):
@@ -239,4 +240,5 @@ class Ready(BaseModel):
     fingerprint: str
     tasks: list[str]
     adapters_loaded: int
-    defaults: dict[str, str] = Field(..., description="adapter each task uses when a request names none")
+    defaults: dict[str, str] = Field(..., description="adapter each task ('vqa') and video task ('video-vqa') "
+                                                      "uses when a request names none")

@@ -24,6 +24,9 @@ DEFAULT_BACKBONE = ROOT / "models" / "blip-shapes"
 DEFAULT_ADAPTERS = ROOT / "models" / "adapters"
 DEFAULT_DATA = ROOT / "data"
 TASKS = ("caption", "vqa", "retrieve")
+VIDEO_TASKS = ("vqa", "retrieve")  # tasks taking a video, each with its own default adapter
+# (task, video) of every default adapter setting; video defaults are named "video-<task>" in listings
+DEFAULT_SLOTS = tuple((t, False) for t in TASKS) + tuple((t, True) for t in VIDEO_TASKS)
 
 
 class Settings(BaseSettings):
@@ -44,6 +47,10 @@ class Settings(BaseSettings):
     default_caption_adapter: str = "caption"
     default_vqa_adapter: str = "vqa"
     default_retrieve_adapter: str = "retrieval"
+    # A request carrying a video (or searching videos) and naming no adapter: this default when
+    # usable, else the image task's default above; "none" = frozen backbone for videos.
+    default_video_vqa_adapter: str = "video-vqa"
+    default_video_retrieve_adapter: str = "video-retrieval"
     adapter_capacity: int = Field(32, ge=1, description="adapter table slots (LRU, defaults pinned)")
 
     # -- network ----------------------------------------------------------------------
@@ -129,9 +136,17 @@ class Settings(BaseSettings):
                 out.append(Path(d).expanduser())
         return out
 
-    def default_adapter(self, task: str) -> str:
+    def default_adapter(self, task: str, video: bool = False) -> str:
+        """The configured default name of `task` for images, or for videos (vqa, retrieve)."""
+        if video:
+            return {"vqa": self.default_video_vqa_adapter, "retrieve": self.default_video_retrieve_adapter}[task]
         return {"caption": self.default_caption_adapter, "vqa": self.default_vqa_adapter,
                 "retrieve": self.default_retrieve_adapter}[task]
+
+
+def slot_label(task: str, video: bool) -> str:
+    """How a default is named in /readyz and an adapter's default_for: 'vqa', 'video-vqa'."""
+    return f"video-{task}" if video else task
 
 
 def missing_default_message(path: Path) -> str:

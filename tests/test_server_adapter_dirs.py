@@ -74,7 +74,8 @@ def test_shipped_defaults_stay_served_beside_a_users_directory(tmp_path, monkeyp
     with running_server(adapters=[mine, later], shipped_adapters=True) as url, Client(url) as c:
         listed = {a["name"] for a in c.adapters()["adapters"]}
         assert {"my-vqa", "vqa", "caption", "retrieval"} <= listed
-        assert c.ready()["defaults"] == {"caption": "caption", "retrieve": "retrieval", "vqa": "vqa"}
+        assert c.ready()["defaults"] == {"caption": "caption", "retrieve": "retrieval", "vqa": "vqa",
+                                          "video-retrieve": "retrieval", "video-vqa": "vqa"}
         assert c.vqa(IMG, "is there a star ?")["adapter"] == "vqa"
         assert c.vqa(IMG, "is there a star ?", adapter="vqa")["adapter"] == "vqa"
         assert c.vqa(IMG, "is there a star ?", adapter="my-vqa")["adapter"] == "my-vqa"

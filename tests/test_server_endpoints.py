@@ -205,11 +205,13 @@ def test_unusable_defaults_fall_back_to_the_frozen_backbone(tmp_path):
     torch.manual_seed(1)
     Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(tmp_path / "other")
     with running_server(backbone=[tmp_path / "other"], default_vqa_adapter="retrieval") as url, Client(url) as c:
-        assert c.ready()["defaults"] == {"caption": "none", "retrieve": "none", "vqa": "none"}
+        assert c.ready()["defaults"] == {"caption": "none", "retrieve": "none", "vqa": "none",
+                                          "video-retrieve": "none", "video-vqa": "none"}
         assert c.caption(IMGS[0])["adapter"] == "none"
         with pytest.raises(ValidationError) as exc:
             c.caption(IMGS[0], adapter="caption")
         assert "made for backbone" in exc.value.message
     with running_server(default_vqa_adapter="retrieval") as url, Client(url) as c:
-        assert c.ready()["defaults"] == {"caption": "caption", "retrieve": "retrieval", "vqa": "none"}
+        assert c.ready()["defaults"] == {"caption": "caption", "retrieve": "retrieval", "vqa": "none",
+                                          "video-retrieve": "retrieval", "video-vqa": "none"}
         assert c.vqa(IMGS[0], "is there a star ?")["adapter"] == "none"

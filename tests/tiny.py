@@ -44,10 +44,11 @@ def random_images(n: int, size: int = IMAGE_SIZE, seed: int = 0) -> list[Image.I
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def tiny_shapes_world(root: Path, seed: int, n: int) -> Path:
-    """A generated shapes world of `n` images at 32 px under `root`, plus `root / "bb"`: a
-    tiny random backbone whose tokenizer knows every word of that world. Returns root."""
-    generate(root, seed=seed, n=n)
+def tiny_shapes_world(root: Path, seed: int, n: int, **world) -> Path:
+    """A generated shapes world of `n` images under `root` (`world`: more `generate` options,
+    e.g. clips=40, frames=4), plus `root / "bb"`: a tiny random backbone (32 px) whose
+    tokenizer knows every word of that world. Returns root."""
+    generate(root, seed=seed, n=n, **world)
     processor = build_processor(build_tokenizer(load_texts(root)), image_size=IMAGE_SIZE)
     torch.manual_seed(0)
     Backbone.from_config(tiny_config(processor.tokenizer), processor).save_pretrained(root / "bb")

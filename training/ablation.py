@@ -15,6 +15,11 @@ split (seed 0, same budget; fit's val metric), never on test. With several --see
 cells are mean ± std. Writes `<work>/results.json`, the markdown table to --results,
 a PNG of the main metric against trainable parameters (log x) and one of the
 validation metric against training steps (fit --eval-every) beside it.
+
+Video tasks (--tasks video-qa video-retrieval, on a world made with --clips; see
+training/ablation_video.py) train on the world's clips with --num-frames and the temporal
+module where the kind has one, and write their own block of the same results file: a
+video run leaves the image table alone and an image run keeps the video block.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 
+from training import ablation_video as video
 from training import evaluate as evaluate_cli
 from training import fit
+from training.ablation_video import fmt_count as _fmt
 
 ROWS = [  # (row name, fit --kind, extra fit flags)
     ("frozen", None, []),
@@ -48,9 +55,9 @@ ROWS = [  # (row name, fit --kind, extra fit flags)
     ("VL-PET-middle_Y", "vl-pet-middle-y", []),
     ("VL-PET-small", "vl-pet-small", []),
 ]
-TASKS = ("caption", "vqa", "retrieval")
+TASKS = ("caption", "vqa", "retrieval")  # image tasks; video.VIDEO_TASKS beside them
 ANALYSIS = "<!-- analysis: hand-written below, kept when the script rewrites the table -->"
-METRIC_NAME = {"caption": "CIDEr (×100)", "vqa": "VQA acc. (%)", "retrieval": "R@mean (%)"}
+METRIC_NAME = {"caption": "CIDEr (×100)", "vqa": "VQA acc. (%)", "retrieval": "R@mean (%)", **video.METRIC_NAME}
 
 
 def _out_path(work: str, task: str, row: str, kind: str | None) -> Path:
@@ -79,14 +86,15 @@ def run_row(args, task: str, row: str, kind: str | None, extra: list[str], seed:
             tag: str = "") -> dict:
     out = _out_path(args.work, task, f"{row} s{seed}" + (f" lr{lr:g}" if tag else ""), kind)
     t0 = time.perf_counter()
-    train = {}
+    train, ft, vflags = {}, video.fit_task(task), video.fit_flags(args, task, kind)  # ft: fit's --task
     if kind is not None:
-        flags = ["--task", task, "--kind", kind, "--backbone", args.backbone, "--image-root", args.world,
-                 "--train", f"{args.world}/{task}_train.json", "--val", f"{args.world}/{task}_val.json",
+        flags = ["--task", ft, "--kind", kind, "--backbone", args.backbone, "--image-root", args.world,
+                 "--train", video.data_file(args.world, task, "train"),
+                 "--val", video.data_file(args.world, task, "val"),
                  "--out", str(out), "--rank", str(args.rank), "--seed", str(seed), "--epochs", str(args.epochs),
                  "--batch-size", str(args.batch_size), "--train-limit", str(args.train_limit[task]),
                  "--val-limit", str(args.val_limit), "--eval-every", str(args.eval_every), "--no-progress",
-                 "--resume", *extra]
+                 "--resume", *extra, *vflags]
         if lr is not None:
             flags += ["--lr", str(lr)]
         if tag == "lr-search" and args.lr_search_steps:
@@ -94,20 +102,17 @@ def run_row(args, task: str, row: str, kind: str | None, extra: list[str], seed:
         train = fit.main(flags)
     if tag == "lr-search":  # chosen on validation only: no test evaluation
         return {"task": task, "row": row, "kind": kind, "seed": seed, "lr": lr, "val_main": train["val_main"]}
-    metrics = evaluate_cli.main(["--task", task, "--backbone", args.backbone, "--adapter",
-                                 str(out) if kind else "none", "--data", f"{args.world}/{task}_test.json",
+    metrics = evaluate_cli.main(["--task", ft, "--backbone", args.backbone, "--adapter",
+                                 str(out) if kind else "none", "--data", video.data_file(args.world, task, "test"),
                                  "--image-root", args.world, "--limit", str(args.test_limit[task]),
-                                 "--k-test", str(args.k_test)])
+                                 "--k-test", str(args.k_test), *video.eval_flags(args, task)])
     return {"task": task, "row": row, "kind": kind or "frozen", "seed": seed, "lr": lr, "log": str(out) + ".log.jsonl",
-            "main": metrics[evaluate_cli.MAIN_METRIC[task]], "val_main": train.get("val_main"),
+            "main": metrics[evaluate_cli.MAIN_METRIC[ft]], "val_main": train.get("val_main"),
+            "temporal": "--temporal" in vflags,
             "metrics": metrics, "trainable_params": metrics["trainable_params"],
             "paper_params": train.get("paper_params", metrics["trainable_params"]),
             "train_seconds": train.get("train_seconds", 0.0), "steps": train.get("steps", 0),
             "wall_seconds": round(time.perf_counter() - t0, 1)}
-
-
-def _fmt(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
 def _runs(results: list[dict], task: str, row: str) -> list[dict]:
@@ -124,15 +129,16 @@ def _cell(runs: list[dict]) -> str:
     return f"{mean:.1f} ± {std:.1f} (n={len(runs)})" if len(runs) > 1 else f"{mean:.1f}"
 
 
-def write_markdown(results: list[dict], args, path: Path, plots: list[Path], wall: float) -> None:
+def write_markdown(results: list[dict], args, tasks: list[str], path: Path, plots: list[Path], wall: float) -> None:
+    """The image tasks' table and sections: everything above the video block (kept) and ANALYSIS."""
     from adapters.backbone import Backbone
 
     vocab = vocabulary_gap(args.world, Backbone.from_dirs(args.backbone).processor)
-    lines = [f"| method | {' | '.join(f'{t}: {METRIC_NAME[t]} / trainable (paper Θ) / lr' for t in args.tasks)} |",
-             "|---|" + "---|" * len(args.tasks)]
+    lines = [f"| method | {' | '.join(f'{t}: {METRIC_NAME[t]} / trainable (paper Θ) / lr' for t in tasks)} |",
+             "|---|" + "---|" * len(tasks)]
     for row, _, _ in ROWS:
         cells = []
-        for task in args.tasks:
+        for task in tasks:
             runs = _runs(results, task, row)
             if not runs:
                 cells.append("not run")
@@ -146,7 +152,8 @@ def write_markdown(results: list[dict], args, path: Path, plots: list[Path], wal
     lr_lines = ["| task | method | learning rate | validation metric |", "|---|---|---|---|"]
     lr_lines += [f"| {r['task']} | {r['row']} | {r['lr']:g} | {r['val_main']:.1f} |" for r in search]
     budget = (f"rank {args.rank}, seeds {args.seeds}, {args.epochs} epoch(s), batch {args.batch_size}, train "
-              f"entries {args.train_limit}, test entries {args.test_limit}, retrieval k_test {args.k_test}")
+              f"entries { {t: args.train_limit[t] for t in tasks} }, test entries "
+              f"{ {t: args.test_limit[t] for t in tasks} }, retrieval k_test {args.k_test}")
     text = ["# Results: the Table 8 ablation on the shapes world", "",
             "## Ablation table (generated by `python -m training.ablation`)", "",
             f"Budget: {budget}. Summed wall time of the runs: {wall / 60:.1f} min on this machine.", "",
@@ -154,14 +161,15 @@ def write_markdown(results: list[dict], args, path: Path, plots: list[Path], wal
             "which also counts VCRA's frozen seeded A, B) / learning rate.", "", *lines, "",
             *[f"![{p.stem}]({p.name})" for p in plots], "",
             "## Learning rates chosen on the validation split (seed 0)", "", *(lr_lines if search else ["none searched"]),
-            "", "## Acceptance check (computed)", "", *acceptance(results, args.tasks), "",
+            "", "## Acceptance check (computed)", "", *acceptance(results, tasks), "",
             "## Training loss of each run (computed from the fit logs)", "", *loss_curves(results), "",
             "## Parameter counts against rank (computed on this backbone, no training)", "",
-            *param_table(args.backbone, args.tasks), "",
+            *param_table(args.backbone, tasks), "",
             "## Words the frozen decoder never produced in pretraining (computed)", "", *vocab, ""]
     old = path.read_text() if path.exists() else ""
     kept = old[old.index(ANALYSIS):] if ANALYSIS in old else ANALYSIS + "\n"
-    path.write_text("\n".join(text) + "\n" + kept)
+    block = video.block_of(old)  # a video run's block survives an image run
+    path.write_text("\n".join(text) + "\n" + (block + "\n" if block else "") + kept)
 
 
 def acceptance(results: list[dict], tasks) -> list[str]:
@@ -288,8 +296,11 @@ def main(argv: list[str]) -> list[dict]:
     p.add_argument("--world", required=True, help="shapes world directory (training.shapes.world --out)")
     p.add_argument("--work", required=True, help="directory for adapters, checkpoints, logs and results.json")
     p.add_argument("--results", default="docs/results.md", help="markdown table to write (plots: same name .png)")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks to run")
-    p.add_argument("--rows", nargs="+", default=None, help="only these row names (default: all)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS + video.VIDEO_TASKS,
+                   help="tasks to run; video-qa and video-retrieval need a world made with --clips")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help=f"only these row names (default: all; video tasks: {', '.join(video.ROWS)})")
+    p.add_argument("--num-frames", type=int, default=8, help="video tasks: frames sampled per clip (fit and test)")
     p.add_argument("--rank", type=int, default=16, help="rank of every low-rank method")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every row (mean ± std)")
     p.add_argument("--multi-seed-rows", nargs="+", default=["frozen", "full fine-tune", "LoRA", "VCRA+QASN",
@@ -332,10 +343,13 @@ def main(argv: list[str]) -> list[dict]:
         store.write_text(json.dumps(results, indent=1))
         print(json.dumps({k: r.get(k) for k in ("task", "row", "seed", "lr", "main", "val_main")}), flush=True)
 
+    def wanted(task, row) -> bool:
+        return row in (args.rows or (video.ROWS if task in video.VIDEO_TASKS else [r for r, _, _ in ROWS]))
+
     t0 = time.perf_counter()
     for task in [] if args.render_only else args.tasks:
         for row, kind, extra in ROWS:
-            if (args.rows and row not in args.rows) or (row == "VCRA+QASN+MCAM" and task != "retrieval"):
+            if not wanted(task, row) or (row == "VCRA+QASN+MCAM" and video.fit_task(task) != "retrieval"):
                 continue
             lr = None
             if kind is not None and args.lr_search:
@@ -347,20 +361,28 @@ def main(argv: list[str]) -> list[dict]:
             for seed in args.seeds if row in args.multi_seed_rows else args.seeds[:1]:
                 if not done(task, row, seed):
                     record(run_row(args, task, row, kind, extra, seed, lr))
-        if (not args.rows or "VCRA+QASN+MCAM" in args.rows) and task != "retrieval":  # MCAM only changes ITC
+        if wanted(task, "VCRA+QASN+MCAM") and video.fit_task(task) != "retrieval":  # MCAM only changes ITC
             for base in _runs(results, task, "VCRA+QASN"):
                 if not done(task, "VCRA+QASN+MCAM", base["seed"]):
                     results.append({**base, "row": "VCRA+QASN+MCAM", "repeat": True})
     store.write_text(json.dumps(results, indent=1))
     md = Path(args.results)
     md.parent.mkdir(parents=True, exist_ok=True)
-    plots = [md.with_suffix(".png"), md.with_name(md.stem + "_steps.png")]
-    write_plot(results, args.tasks, plots[0])
-    write_curves(results, args.tasks, plots[1])
-    wall = sum(r.get("wall_seconds", 0) for r in results if not r.get("repeat"))
-    write_markdown(results, args, md, plots, wall)
-    print(f"wrote {md} and {', '.join(map(str, plots))}; summed wall time {wall / 60:.1f} min (this invocation "
-          f"{(time.perf_counter() - t0) / 60:.1f} min)")
+    image, clips = [t for t in args.tasks if t in TASKS], [t for t in args.tasks if t in video.VIDEO_TASKS]
+    for tasks, suffix in ((image, ""), (clips, "_video")):  # each group its own plots and part of the file
+        if not tasks:
+            continue
+        plots = [md.with_name(f"{md.stem}{suffix}.png"), md.with_name(f"{md.stem}{suffix}_steps.png")]
+        write_plot(results, tasks, plots[0])
+        write_curves(results, tasks, plots[1])
+        wall = sum(r.get("wall_seconds", 0) for r in results if not r.get("repeat") and r["task"] in tasks)
+        if tasks is image:
+            write_markdown(results, args, image, md, plots, wall)
+        else:
+            rows = [r for r, _, _ in ROWS if r in (args.rows or video.ROWS)]
+            video.write_block(md, video.render(results, args, clips, rows, plots, wall), ANALYSIS)
+        print(f"wrote {md} ({', '.join(tasks)}) and {', '.join(map(str, plots))}; summed wall time "
+              f"{wall / 60:.1f} min (this invocation {(time.perf_counter() - t0) / 60:.1f} min)")
     return results
 
 
