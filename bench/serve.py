@@ -3,9 +3,9 @@ server (dynamic batching, mixed per-request adapters) against the model alone (t
 and against one-at-a-time transformers `BlipForConditionalGeneration.generate` on the same
 weights, plus fan-out and the image-feature cache; one combined markdown table at the end.
 
-    .venv/bin/python bench/serve.py                       # shipped model, every level; ~10 minutes
+    .venv/bin/python bench/serve.py                       # shipped model, every level; ~5 minutes
     .venv/bin/python bench/serve.py --sizes small base --levels caption ceiling fanout cache \
-        --concurrency 1 8 32                              # issue 13's table; ~1.5 hours on 2 cores
+        --concurrency 1 8 32                              # issue 13's table; ~30-45 minutes, base most of it
     .venv/bin/python bench/serve.py --levels caption --requests 64 --time-budget 30
     .venv/bin/python bench/serve.py --sizes small base --requests 256 32 --time-budget 45 120
     .venv/bin/python bench/serve.py --levels vqa         # VQA only: any-length vs equal-length batching
