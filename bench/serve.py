@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -263,7 +264,10 @@ def main(argv: list[str], backbones: dict | None = None) -> dict[str, dict]:
         loads[size] = [serve_vqa.load_average()]
         print(f"\n== {size}: backbone {bb_dir.name}; per level at most {size_args.requests} requests, "
               f"{size_args.time_budget:g} s; {loads[size][0]}", flush=True)
-        results[size] = run_size(bb_dir, work, size_args)
+        try:
+            results[size] = run_size(bb_dir, work, size_args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # BLIP-base's random weights alone are ~0.9 GB
         loads[size].append(serve_vqa.load_average())
 
     table = serve_table.combined(results, args.levels, args.concurrency, args.max_batch_size)
