@@ -27,26 +27,32 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+class RequestsFailed(Exception):
+    """Some requests of a unit of several failed (`all_of`); `.failures` holds their client errors.
+    (Not an ExceptionGroup: that needs Python 3.11, the project supports 3.10.)"""
+
+    def __init__(self, failures: list[BaseException], total: int):
+        super().__init__(f"{len(failures)} of {total} requests failed")
+        self.failures = failures
+
+
 def _failures(exc: BaseException) -> list[BaseException]:
-    """The client errors a failed unit raised: one, or each of a group's (a unit of several
-    requests raises an ExceptionGroup of those that failed); anything else re-raises."""
-    if isinstance(exc, UnitransError):
-        return [exc]
-    if isinstance(exc, ExceptionGroup):
-        ours, rest = exc.split(UnitransError)
-        if rest is not None:
-            raise rest
-        return list(ours.exceptions) if ours else []
-    raise exc
+    """The client errors a failed unit raised: one, or each of a RequestsFailed's; a
+    failure that is not a client error (a bug of the bench) re-raises."""
+    failures = exc.failures if isinstance(exc, RequestsFailed) else [exc]
+    for e in failures:
+        if not isinstance(e, UnitransError):
+            raise e
+    return failures
 
 
 async def all_of(*requests) -> list:
     """Await every request of a unit (each finishes even when another failed, so no request
-    outlives its unit); raise an ExceptionGroup of the failures, if any."""
+    outlives its unit); raise RequestsFailed with the failures, if any."""
     out = await asyncio.gather(*requests, return_exceptions=True)
     failed = [r for r in out if isinstance(r, BaseException)]
     if failed:
-        raise ExceptionGroup(f"{len(failed)} of {len(out)} requests failed", failed)
+        raise RequestsFailed(failed, len(out))
     return out
 
 
