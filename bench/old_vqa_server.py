@@ -18,10 +18,10 @@ from server.engine import Engine, Rows
 
 
 class LengthKeyedEngine(Engine):
-    async def vqa(self, pixels, ids, adapter, *, max_new_tokens=None, num_beams=None) -> str:
+    async def vqa(self, pixels, ids, adapter, *, max_new_tokens=None, num_beams=None, keys=None) -> str:
         d = predict.decoding("vqa", num_beams, max_new_tokens)
         key = ("generate", d.num_beams, d.max_new_tokens, len(ids))  # + the question's token length
-        return await self._submit("vqa", Rows(adapter, pixels=pixels, ids=ids, options=d), key)
+        return await self._submit("vqa", Rows(adapter, pixels=pixels, ids=ids, options=d, keys=keys), key)
 
 
 if __name__ == "__main__":

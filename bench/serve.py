@@ -1,37 +1,42 @@
-"""Serving throughput and latency: the unitrans server (dynamic batching, mixed
-per-request adapters) vs one-at-a-time transformers `BlipForConditionalGeneration.generate`
-on the same weights, side by side in one run.
+"""Serving throughput and latency, side by side for each model size in one run: the unitrans
+server (dynamic batching, mixed per-request adapters) against the model alone (the ceiling)
+and against one-at-a-time transformers `BlipForConditionalGeneration.generate` on the same
+weights, plus fan-out and the image-feature cache; one combined markdown table at the end.
 
-    .venv/bin/python bench/serve.py                       # concurrency 1, 8, 32; ~2-4 minutes
-    .venv/bin/python bench/serve.py --requests 64 --time-budget 30
-    .venv/bin/python bench/serve.py --size base --concurrency 1 32 --requests 64 \
-        --baseline-requests 12 --time-budget 240        # BLIP-base size: model time dominates
+    .venv/bin/python bench/serve.py                       # shipped model, every level; ~5 minutes
+    .venv/bin/python bench/serve.py --sizes small base --levels caption ceiling fanout cache \
+        --concurrency 1 8 32                              # issue 13's table; ~30-45 minutes, base most of it
+    .venv/bin/python bench/serve.py --levels caption --requests 64 --time-budget 30
+    .venv/bin/python bench/serve.py --sizes small base --requests 256 32 --time-budget 45 120
     .venv/bin/python bench/serve.py --levels vqa         # VQA only: any-length vs equal-length batching
-    .venv/bin/python bench/serve.py --levels ceiling fanout cache   # bench/serve_ceiling.py: the model-alone
-                                                          # ceiling, fan-out, 5 questions with/without cache
 
-Workload: greedy captions of distinct images, at most `--max-new-tokens` tokens. Server
-requests cycle through the adapters (caption adapters of models/adapters when
-present, else VCRA and LoRA adapters made here with random non-zero vectors, plus
-"none"); the baseline runs the frozen weights (transformers has no per-request
-adapters). The server runs in its own process on 127.0.0.1, driven by closed-loop
-clients (each sends its next request when the previous answer arrives); each
-level stops after --requests requests or --time-budget seconds. Baseline latency
-includes image preprocessing, as the server's does; the server's also includes
-HTTP, JSON and base64. The baseline runs in segments before, between and after the
-server levels, so both see the same drift in the load of shared cores.
+Sizes: small is models/blip-shapes (else a random model of its size); base is a random
+BLIP at BlipConfig() defaults (ViT-B/16 at 384 px, BERT-base text, 224M parameters;
+bench/backbone.py), ~100x slower per caption. So --requests, --baseline-requests and
+--time-budget take one value per size, in --sizes order (one value: every size); left
+out, each size gets its own default (DEFAULTS below: small 256 / 64 / 45 s, base 48 / 12
+/ 240 s).
 
-The VQA level (bench/serve_vqa.py) asks questions of mixed token lengths and compares
-the server's any-length batching with the old equal-length-only batching, side by side.
+Levels, each size in turn (server subprocesses on free 127.0.0.1 ports, one per level):
+- caption: the server at each --concurrency, closed-loop clients (each sends its next
+  request when its last answer arrives), requests cycling through the caption adapters
+  (models/adapters' when they fit, else VCRA and LoRA adapters made here with random
+  non-zero vectors, plus "none"); one-at-a-time `generate` interleaved (bench/serve_caption.py).
+- ceiling: the model alone, batches of --max-batch-size, no HTTP; the server rows' ratio
+  to it (the server rows run once, in the caption level when it runs).
+- fanout, cache: 4 adapters on one image in one request vs 4 requests, and 5 questions on
+  one image with vs without the image cache, at the largest --concurrency (bench/serve_ceiling.py).
+- vqa: any-length vs equal-length VQA batching (bench/serve_vqa.py; its own table per size).
+A level stops after its requests or its time budget. Failed requests (error answers, or
+none) are counted per row ("failed"), never end the run.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import os
-import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -45,13 +50,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from transformers import BlipConfig, BlipForConditionalGeneration  # noqa: E402
+from transformers import BlipConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from adapters import create_adapter, save_adapter, tasks  # noqa: E402
+from adapters import create_adapter, save_adapter  # noqa: E402
 from adapters.backbone import Backbone  # noqa: E402
-from bench import serve_ceiling, serve_vqa  # noqa: E402
-from bench.closed_loop import closed_loop, pct  # noqa: E402
+from bench import serve_caption, serve_ceiling, serve_table, serve_vqa  # noqa: E402
 from client import Client, ConnectionFailed  # noqa: E402
 
 SHIPPED = ROOT / "models" / "blip-shapes"
@@ -60,14 +64,16 @@ WORDS = ["a picture of", "a red circle left of a blue square", "two green triang
          "what colour is the circle ?", "yes", "no", "above", "below"]
 
 
-def backbone_dir(work: Path, size: str = "small") -> Path:
-    """small: the shipped default, else a random BLIP of its size (hidden 128, 4 layers,
-    64 px). base: a random BLIP at BlipConfig() defaults (ViT-B/16 384 px, BERT-base)."""
-    if size == "base":
-        from bench.backbone import base_backbone
+def base_dir(work: Path) -> Path:
+    """A random BLIP at BlipConfig() defaults (ViT-B/16 384 px, BERT-base), saved under `work`."""
+    from bench.backbone import base_backbone
 
-        torch.manual_seed(0)
-        return base_backbone().save_pretrained(work / "blip-base-random")
+    torch.manual_seed(0)
+    return base_backbone().save_pretrained(work / "blip-base-random")
+
+
+def small_dir(work: Path) -> Path:
+    """The shipped default, else a random BLIP of its size (hidden 128, 4 layers, 64 px)."""
     if (SHIPPED / "config.json").is_file():
         return SHIPPED
     from training.tokenizer import blip_text_config_ids, build_processor, build_tokenizer
@@ -83,6 +89,12 @@ def backbone_dir(work: Path, size: str = "small") -> Path:
     )
     torch.manual_seed(0)
     return Backbone.from_config(config, processor).save_pretrained(work / "blip-small-random")
+
+
+BACKBONES = {"small": small_dir, "base": base_dir}  # size -> (work dir -> backbone dir)
+# per-size knobs: BLIP-base is ~100x slower per caption (~2 s on one core), so fewer requests, longer budget
+DEFAULTS = {"small": {"requests": 256, "baseline_requests": 64, "time_budget": 45.0},
+            "base": {"requests": 48, "baseline_requests": 12, "time_budget": 240.0}}
 
 
 def adapter_names(bb_dir: Path, work: Path) -> tuple[Path, list[str]]:
@@ -122,46 +134,6 @@ def make_images(n: int, size: int) -> list[bytes]:
     return out
 
 
-# -- baseline -----------------------------------------------------------------------------
-class Baseline:
-    """transformers' BlipForConditionalGeneration on the same weights, one image per generate call."""
-
-    def __init__(self, bb_dir: Path, images: list[bytes], max_new_tokens: int):
-        self.bb = Backbone.from_dirs(bb_dir)  # the processor the server uses
-        self.model = BlipForConditionalGeneration.from_pretrained(str(bb_dir)).eval()
-        # generate() swaps [CLS] for BOS and drops the trailing [SEP] itself: hand it the raw prompt
-        self.enc = self.bb.processor.tokenizer([tasks.CAPTION_PROMPT], return_tensors="pt")
-        self.images, self.max_new_tokens = images, max_new_tokens
-        self.lat: list[float] = []
-        self.wall = 0.0
-        self.segments: list[float] = []  # req/s of each segment: the machine's load drifts
-
-    def caption(self, i: int) -> str:
-        pv = self.bb.processor.image_processor([Image.open(io.BytesIO(self.images[i % len(self.images)])).convert("RGB")],
-                                               return_tensors="pt").pixel_values
-        ids = self.model.generate(pixel_values=pv, input_ids=self.enc.input_ids.clone(),
-                                  attention_mask=self.enc.attention_mask, max_new_tokens=self.max_new_tokens,
-                                  do_sample=False, num_beams=1)
-        return self.bb.processor.tokenizer.decode(ids[0, self.enc.input_ids.shape[1] - 1:], skip_special_tokens=True)
-
-    def segment(self, n: int, budget: float) -> None:
-        start, done = time.perf_counter(), 0
-        with torch.inference_mode():
-            for i in range(n):
-                t0 = time.perf_counter()
-                self.caption(len(self.lat))
-                self.lat.append(time.perf_counter() - t0)
-                done += 1
-                if time.perf_counter() - start > budget:
-                    break
-        wall = time.perf_counter() - start
-        self.wall += wall
-        self.segments.append(done / wall)
-
-    def summary(self) -> dict:
-        return {"n": len(self.lat), "rps": len(self.lat) / self.wall, "p50": pct(self.lat, 50),
-                "p99": pct(self.lat, 99)}
-
 
 # -- server -------------------------------------------------------------------------------
 def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "server") -> tuple[subprocess.Popen, str]:
@@ -171,7 +143,9 @@ def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_TORCH_THREADS": str(args.threads),
            "UNITRANS_QUEUE_SIZE": "1024", "UNITRANS_DEFAULT_CAPTION_ADAPTER": "none",
-           "UNITRANS_REQUEST_TIMEOUT_S": str(max(60.0, args.time_budget))}  # a BLIP-base batch can take minutes
+           # a BLIP-base batch can take minutes, and a level's last requests wait for those started before
+           # the budget ran out: a 504 here would be the bench's doing, not the server's
+           "UNITRANS_REQUEST_TIMEOUT_S": str(max(60.0, 3 * args.time_budget))}
     cmd = [sys.executable, "-m", module, "--backbone", str(bb_dir), "--adapters", str(adapters), "--data",
            str(data), "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
            "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
@@ -186,102 +160,124 @@ def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "
             except ConnectionFailed:
                 pass
             if proc.poll() is not None or time.time() > deadline:
+                stop(proc)  # a server still starting must not outlive the bench
                 raise RuntimeError("the server did not start")
             time.sleep(0.2)
 
 
-async def load(url: str, images: list[bytes], names: list[str], concurrency: int, n: int, budget: float,
-               max_new_tokens: int) -> dict:
-    """Closed loop of caption requests, image i % len and adapter i % len each."""
-    async def caption(c, i):
-        await c.caption(images[i % len(images)], adapter=names[i % len(names)], max_new_tokens=max_new_tokens)
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (uvicorn's graceful shutdown), then wait; SIGKILL if it hangs."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
-    return await closed_loop(url, concurrency, n, budget, caption)
+
+def per_size(p: argparse.ArgumentParser, values: list | None, sizes: list[str], key: str) -> dict:
+    """A per-size knob: one value per size in --sizes order, one value for all, or DEFAULTS."""
+    if values is None:
+        return {s: DEFAULTS[s][key] for s in sizes}
+    if len(values) == 1:
+        return dict.fromkeys(sizes, values[0])
+    if len(values) != len(sizes):
+        p.error(f"--{key.replace('_', '-')}: one value, or one per size ({len(sizes)}), not {len(values)}")
+    return dict(zip(sizes, values))
 
 
-def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="closed-loop client counts")
-    p.add_argument("--requests", type=int, default=256, help="max requests per level (x concurrency/32, min 32)")
-    p.add_argument("--baseline-requests", type=int, default=64,
-                   help="one-at-a-time generate calls, in segments run before, between and after the server levels")
-    p.add_argument("--time-budget", type=float, default=45.0, help="seconds per level at most")
-    p.add_argument("--max-new-tokens", type=int, default=20, help="caption length limit, same for both")
-    p.add_argument("--max-batch-size", type=int, default=32, help="server batch limit")
+def run_size(bb_dir: Path, work: Path, args) -> dict:
+    """Every level of `args.levels` on one backbone; the results bench/serve_table.py reads."""
+    adapters, names = adapter_names(bb_dir, work)
+    images = make_images(64, BlipConfig.from_pretrained(str(bb_dir)).vision_config.image_size)
+    out: dict = {}
+
+    def server(adapter_dir: Path = adapters, module: str = "server"):
+        return start_server(bb_dir, adapter_dir, work / f"data-{time.time_ns()}", args, module)
+
+    print(f"  caption adapters cycled: {', '.join(names)}; at most {args.max_new_tokens} tokens", flush=True)
+    if "ceiling" in args.levels:
+        out["ceiling"] = r = serve_ceiling.ceiling(bb_dir, adapters, names, images, args)
+        print(f"  ceiling: {r['n']} rows, {r['rps']:.2f} rows/s", flush=True)
+    if {"caption", "ceiling"} & set(args.levels):
+        out.update(serve_caption.server_levels(server, bb_dir, names, images, args, generate="caption" in args.levels))
+    if "fanout" in args.levels:
+        fan_dir = work / "fan-adapters"
+        fan_names = serve_ceiling.fanout_adapters(bb_dir, fan_dir)
+        proc, url = server(fan_dir)
+        try:
+            out["fanout"] = serve_ceiling.fanout_rows(url, fan_names, images, args, max(args.concurrency))
+        finally:
+            stop(proc)
+    if "cache" in args.levels:
+        out["cache"] = serve_ceiling.cache_rows(server, images, args, max(args.concurrency))
+    if "vqa" in args.levels:
+        print(f"  VQA: questions of {len(serve_vqa.QUESTIONS)} phrasings, mixed token lengths; the adapters "
+              f"directory's 'vqa' adapter if it fits, else the frozen backbone", flush=True)
+        out["vqa"] = serve_vqa.run_vqa_levels(lambda module: server(module=module), args, images)
+    return out
+
+
+def main(argv: list[str], backbones: dict | None = None) -> dict[str, dict]:
+    """Runs the levels for each of --sizes and prints the combined table; returns {size: results}.
+    `backbones` maps a size to (work dir -> backbone dir); tests hand in tiny ones."""
+    backbones = backbones or BACKBONES
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Per-size knobs take one value per size in --sizes order, or one for all; "
+                                       "defaults: " + "; ".join(f"{s}: {d}" for s, d in DEFAULTS.items()))
+    p.add_argument("--sizes", nargs="+", choices=list(BACKBONES), default=["small"],
+                   help="models to run, each in turn, one column group each in the table: small = the shipped "
+                        "model; base = a random BLIP-base-size model (slow: ~2 s per caption on one core)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
+                   help="closed-loop client counts of the server rows; fan-out and cache run at the largest")
+    p.add_argument("--requests", type=int, nargs="+",
+                   help="per size: max requests per level (server rows: x concurrency/32, min 32; fan-out: units "
+                        "of 4 captions; cache: /5 units of 5 questions; ceiling: /batch batches, min 2)")
+    p.add_argument("--baseline-requests", type=int, nargs="+",
+                   help="per size: one-at-a-time generate calls, in segments run before, between and after the "
+                        "server rows")
+    p.add_argument("--time-budget", type=float, nargs="+",
+                   help="per size: seconds per level at most (requests in flight then still finish)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="caption length limit, same for all")
+    p.add_argument("--max-batch-size", type=int, default=32, help="server batch limit, and the ceiling's batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="server batch wait (the server default)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads, server and baseline alike")
-    p.add_argument("--size", choices=["small", "base"], default="small",
-                   help="small: the shipped default; base: a random BLIP-base-size model (slow: ~2 s per caption)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads, server, ceiling and baseline alike")
     p.add_argument("--levels", nargs="+", choices=["caption", "vqa", "ceiling", "fanout", "cache"],
                    default=["caption", "vqa", "ceiling", "fanout", "cache"],
                    help="caption: server vs transformers generate; vqa: any-length vs equal-length batching; "
                         "ceiling / fanout / cache: bench/serve_ceiling.py")
     p.add_argument("--vqa-concurrency", type=int, nargs="+", default=[8, 32], help="closed-loop clients, VQA level")
     args = p.parse_args(argv)
+    if len(set(args.sizes)) != len(args.sizes):
+        p.error("--sizes: name each size once")
+    knobs = {k: per_size(p, getattr(args, k), args.sizes, k) for k in ("requests", "baseline_requests", "time_budget")}
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # from_pretrained lists the retrieval/VQA keys it does not use
 
-    work = Path(tempfile.mkdtemp(prefix="unitrans-bench-"))
-    bb_dir = backbone_dir(work, args.size)
-    adapters, names = adapter_names(bb_dir, work)
-    size = BlipConfig.from_pretrained(str(bb_dir)).vision_config.image_size
-    images = make_images(64, size)
-    print(f"backbone {bb_dir.name}; {args.threads} torch thread(s); server batch <= {args.max_batch_size}, "
-          f"wait {args.max_wait_ms} ms; {serve_vqa.load_average()}", flush=True)
-    if "caption" in args.levels:
-        caption_levels(bb_dir, adapters, names, images, work, args)
-    if "vqa" in args.levels:
-        print(f"\nVQA: questions of {len(serve_vqa.QUESTIONS)} phrasings, mixed token lengths; the adapters "
-              f"directory's 'vqa' adapter if it fits, else the frozen backbone", flush=True)
-        lines = serve_vqa.run_vqa_levels(lambda module: start_server(bb_dir, adapters, work / f"data-{module}", args,
-                                                                     module), args, images)
-        print("\n" + "\n".join(lines))
-    if {"ceiling", "fanout", "cache"} & set(args.levels):
-        print("\nceiling, fan-out and image cache (bench/serve_ceiling.py)", flush=True)
-        serve_ceiling.run(bb_dir, work, images, names, adapters,
-                          lambda adapter_dir: start_server(bb_dir, adapter_dir, work / f"data-{time.time_ns()}", args),
-                          load, args)
-    print(f"\n{serve_vqa.load_average()}")
+    print(f"{args.threads} torch thread(s); server batch <= {args.max_batch_size}, wait {args.max_wait_ms} ms; "
+          f"levels {' '.join(args.levels)}; {serve_vqa.load_average()}", flush=True)
+    results, loads = {}, {}
+    for size in args.sizes:
+        size_args = argparse.Namespace(**{**vars(args), **{k: v[size] for k, v in knobs.items()}})
+        work = Path(tempfile.mkdtemp(prefix=f"unitrans-bench-{size}-"))
+        bb_dir = backbones[size](work)
+        loads[size] = [serve_vqa.load_average()]
+        print(f"\n== {size}: backbone {bb_dir.name}; per level at most {size_args.requests} requests, "
+              f"{size_args.time_budget:g} s; {loads[size][0]}", flush=True)
+        try:
+            results[size] = run_size(bb_dir, work, size_args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # BLIP-base's random weights alone are ~0.9 GB
+        loads[size].append(serve_vqa.load_average())
 
-
-def caption_levels(bb_dir: Path, adapters: Path, names: list[str], images: list[bytes], work: Path, args) -> None:
-    print(f"captions: adapters cycled: {', '.join(names)}; at most {args.max_new_tokens} tokens", flush=True)
-    base = Baseline(bb_dir, images, args.max_new_tokens)
-    seg = max(8, args.baseline_requests // (len(args.concurrency) + 1))
-    base.segment(2, 30)  # warm-up, then reset
-    base.lat, base.wall, base.segments = [], 0.0, []
-
-    proc, url = start_server(bb_dir, adapters, work / "data", args)
-    rows = []
-    try:
-        with Client(url) as c:  # same weights: the server's frozen caption is transformers' caption
-            same = c.caption(images[0], adapter="none", max_new_tokens=args.max_new_tokens)["caption"]
-        with torch.inference_mode():
-            print(f"server 'none' caption == transformers caption (image 0): {same == base.caption(0).strip()}")
-        asyncio.run(load(url, images, names, 4, 8, 30, args.max_new_tokens))  # warm-up
-        for conc in args.concurrency:
-            base.segment(seg, args.time_budget / 2)  # baseline segments interleaved with the server levels
-            n = max(32, args.requests * conc // 32)
-            r = asyncio.run(load(url, images, names, conc, n, args.time_budget, args.max_new_tokens))
-            rows.append((conc, r))
-            print(f"server c={conc:<3} {r['n']:4d} req  {r['rps']:7.1f} req/s  p50 {r['p50'] * 1000:7.0f} ms  "
-                  f"p99 {r['p99'] * 1000:7.0f} ms   (baseline segment before it: {base.segments[-1]:.1f} req/s)",
-                  flush=True)
-        base.segment(seg, args.time_budget / 2)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    base_s = base.summary()
-    print(f"baseline segments (req/s): {', '.join(f'{x:.1f}' for x in base.segments)}")
-    base = base_s
-
-    print("\n| mode | concurrency | requests | req/s | p50 ms | p99 ms | vs baseline |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| transformers generate, one at a time | 1 | {base['n']} | {base['rps']:.1f} | {base['p50'] * 1000:.0f} | "
-          f"{base['p99'] * 1000:.0f} | 1.0x |")
-    for conc, r in rows:
-        print(f"| unitrans server, mixed adapters | {conc} | {r['n']} | {r['rps']:.1f} | {r['p50'] * 1000:.0f} | "
-              f"{r['p99'] * 1000:.0f} | {r['rps'] / base['rps']:.1f}x |")
+    table = serve_table.combined(results, args.levels, args.concurrency, args.max_batch_size)
+    if table.count("\n") > 1:
+        print("\n" + table)
+    for size in args.sizes:
+        if "vqa" in results[size]:
+            print(f"\nVQA, {size}:\n" + "\n".join(results[size]["vqa"]))
+    print("\n" + "\n".join(f"{size}: {a} at its start, {b} at its end" for size, (a, b) in loads.items()), flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""bench/serve.py's ceiling, fan-out and image-cache levels (issue 13).
+"""bench/serve.py's ceiling, fan-out and image-cache levels (issue 13); bench/serve_table.py
+puts their rows beside the other levels', one column group per model size.
 
-    .venv/bin/python bench/serve.py --levels ceiling fanout cache            # shipped model
-    .venv/bin/python bench/serve.py --levels ceiling fanout cache --size base --requests 32 --time-budget 120
+    .venv/bin/python bench/serve.py --levels ceiling fanout cache                 # shipped model
+    .venv/bin/python bench/serve.py --levels ceiling fanout cache --sizes small base
 
 Rows, each with p50/p99 latency:
 - ceiling: the model alone, no HTTP: greedy captions in batches of the server's
   `--max-batch-size`, adapters cycled per row as the server's load does. Rows/s here is
   what the server could reach if HTTP, JSON, decoding and batching cost nothing.
-- server at each `--concurrency`, and its ratio to the ceiling.
 - fan-out: one image, 4 caption adapters as ONE request (`adapters=[...]`) vs the same 4
   as 4 concurrent requests; once with adapters leaving the ViT frozen (one shared vision
   pass) and once with adapters on the ViT (own vision rows, one batched call).
@@ -31,7 +31,7 @@ from PIL import Image
 
 from adapters import AdapterTable, create_adapter, predict, save_adapter, tasks
 from adapters.backbone import Backbone
-from bench.closed_loop import closed_loop, pct
+from bench.closed_loop import all_of, closed_loop, pct, report_errors
 
 QUESTIONS = ["what colour is the circle ?", "is there a star ?", "how many squares are there ?",
              "where is the star ?", "what shape is left of the red circle ?"]
@@ -81,26 +81,29 @@ def ceiling(bb_dir: Path, adapters: Path, names: list[str], images: list[bytes],
     return {"n": rows, "rps": rows / sum(lat), "p50": pct(lat, 50), "p99": pct(lat, 99)}
 
 
-def fanout_rows(url: str, names: dict[str, list[str]], images: list[bytes], args, conc: int) -> list[tuple]:
-    rows = []
+def fanout_rows(url: str, names: dict[str, list[str]], images: list[bytes], args, conc: int) -> dict:
+    """{(group, "one" | "four"): closed-loop result}; a unit is 4 captions of one image."""
+    out = {}
     for group, adapters in names.items():
         async def one_request(c, i, adapters=adapters):
             await c.caption(images[i % len(images)], adapters=adapters, max_new_tokens=args.max_new_tokens)
 
         async def four_requests(c, i, adapters=adapters):
-            await asyncio.gather(*(c.caption(images[i % len(images)], adapter=a, max_new_tokens=args.max_new_tokens)
-                                   for a in adapters))
+            await all_of(*(c.caption(images[i % len(images)], adapter=a, max_new_tokens=args.max_new_tokens)
+                           for a in adapters))
 
-        for mode, unit in (("1 request, adapters=[4]", one_request), ("4 requests", four_requests)):
+        for mode, unit in (("one", one_request), ("four", four_requests)):
             asyncio.run(closed_loop(url, 1, 2, args.time_budget, unit, connections=8))  # warm-up: adapters loaded, first calls done
             r = asyncio.run(closed_loop(url, conc, args.requests, args.time_budget, unit, connections=max(conc * 5, 8)))
-            rows.append((f"fan-out, ViT {group}: {mode}", conc, r))
-    return rows
+            report_errors(f"fan-out {group} {mode}", r)
+            out[(group, mode)] = r
+    return out
 
 
-def cache_rows(start_server, images: list[bytes], args, conc: int) -> list[tuple]:
-    rows = []
-    for label, mb in (("cache on", None), ("cache off", "0")):
+def cache_rows(start_server, images: list[bytes], args, conc: int) -> dict:
+    """{"on" | "off": closed-loop result}; a unit is 5 questions about one image, one after another."""
+    out = {}
+    for label, mb in (("on", None), ("off", "0")):
         with _env("UNITRANS_IMAGE_CACHE_MB", mb):
             proc, url = start_server()
         try:
@@ -110,12 +113,13 @@ def cache_rows(start_server, images: list[bytes], args, conc: int) -> list[tuple
 
             asyncio.run(closed_loop(url, 1, 1, args.time_budget, lambda c, i: c.vqa(images[-1], QUESTIONS[0])))  # warm-up
             r = asyncio.run(closed_loop(url, conc, max(8, args.requests // 5), args.time_budget, five,
-                                           connections=max(conc * 5, 8)))
-            rows.append((f"5 questions on one image, {label} (per 5)", conc, r))
+                                        connections=max(conc * 5, 8)))
+            report_errors(f"cache {label}", r)
+            out[label] = r
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-    return rows
+    return out
 
 
 @contextmanager
@@ -130,42 +134,3 @@ def _env(name: str, value: str | None):
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
-
-
-def table(rows: list[tuple], ceiling_rps: float | None) -> str:
-    out = ["| row | concurrency | n | per s | p50 ms | p99 ms | vs ceiling |", "|---|---|---|---|---|---|---|"]
-    for label, conc, r in rows:
-        ratio = f"{r['rps'] / ceiling_rps:.2f}" if ceiling_rps and label.startswith("server") else ""
-        out.append(f"| {label} | {conc} | {r['n']} | {r['rps']:.1f} | {r['p50'] * 1000:.0f} | "
-                   f"{r['p99'] * 1000:.0f} | {ratio} |")
-    return "\n".join(out)
-
-
-def run(bb_dir: Path, work: Path, images: list[bytes], names: list[str], adapters: Path, start_server, load,
-        args) -> None:
-    """The levels of `args.levels` among ceiling / fanout / cache; prints one markdown table."""
-    rows, ceil = [], None
-    if "ceiling" in args.levels:
-        ceil = ceiling(bb_dir, adapters, names, images, args)
-        label = f"ceiling: model alone, batch {args.max_batch_size}, no HTTP (rows/s; p50/p99 per call)"
-        rows.append((label, "-", ceil))
-        proc, url = start_server(adapters)
-        try:
-            for conc in args.concurrency:
-                r = asyncio.run(load(url, images, names, conc, args.requests, args.time_budget, args.max_new_tokens))
-                rows.append(("server, mixed adapters (requests)", conc, r))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-    if "fanout" in args.levels:
-        fan_dir = work / "fan-adapters"
-        fan_names = fanout_adapters(bb_dir, fan_dir)
-        proc, url = start_server(fan_dir)
-        try:
-            rows += fanout_rows(url, fan_names, images, args, max(args.concurrency))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-    if "cache" in args.levels:
-        rows += cache_rows(lambda: start_server(adapters), images, args, max(args.concurrency))
-    print("\n" + table(rows, ceil["rps"] if ceil else None), flush=True)

@@ -29,6 +29,12 @@ from client.errors import ConnectionFailed, UnitransError, from_response
 
 ImageLike = Any  # str | os.PathLike | bytes | a binary file object
 
+# An idle pooled connection is dropped after this long, well under uvicorn's 5 s keep-alive
+# timeout. httpx's default is also 5 s: a request sent on a connection idle ~5 s could meet
+# the server closing it and fail (httpx.ReadError or RemoteProtocolError, "Server
+# disconnected"); likeliest when the server's event loop runs late, i.e. under load.
+KEEPALIVE_EXPIRY_S = 2.0
+
 
 def image_bytes(image: ImageLike) -> bytes:
     if isinstance(image, (bytes, bytearray)):
@@ -200,7 +206,8 @@ def _kwargs(call: Call) -> dict:
 class Client(Requests):
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float = 60.0, transport: httpx.BaseTransport | None = None):
-        self.http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport)
+        self.http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport,
+                                 limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
 
     def _send(self, call: Call):
         try:
@@ -222,7 +229,8 @@ class Client(Requests):
 class AsyncClient(Requests):
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float = 60.0, max_connections: int = 100):
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                              keepalive_expiry=KEEPALIVE_EXPIRY_S)
         self.http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout, limits=limits)
 
     async def _send(self, call: Call):
