@@ -8,8 +8,8 @@ position grid (docs/results.md, "Why relation stayed at chance").
 determined against the other group (a corner object can be in either), so it needs the same
 two-object position comparison as the relation questions. For each --extra-sincos value s,
 a copy of the backbone gets s x the 2-D sin-cos grid added to its ViT position embeddings
-(training.shapes.pretrain.add_sincos_positions; 0 = as shipped), then its ViT and fusion
-encoder are fully fine-tuned with a linear head on the fused [CLS] to classify the answer
+(training.shapes.pretrain.add_sincos_positions; 0 = as shipped), then its ViT (unless
+--freeze-vit) and fusion encoder are fully fine-tuned with a linear head on the fused [CLS] to classify the answer
 of the world's "where" training questions (4 classes). Printed: held-out accuracy every
 --eval-every steps on --test questions kept out of training. Chance is 25%; the layout axis
 alone (horizontal or vertical pair) gives 50%.
@@ -36,11 +36,16 @@ LABELS = sorted(WHERE_WORDS.values())  # bottom, left, right, top
 
 def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -> list[tuple[int, float]]:
     torch.manual_seed(args.seed)
-    bb = Backbone.from_dirs(args.backbone)
+    if args.checkpoint:
+        from training.shapes.probe import from_checkpoint
+
+        bb = from_checkpoint(args.backbone, args.checkpoint)
+    else:
+        bb = Backbone.from_dirs(args.backbone)
     if extra:
         add_sincos_positions(bb, extra)
     head = torch.nn.Linear(bb.config.text_config.hidden_size, len(LABELS))
-    params = [*bb.text_encoder.parameters(), *bb.vision_model.parameters(), *head.parameters()]
+    params = [*bb.text_encoder.parameters(), *head.parameters(), *([] if args.freeze_vit else bb.vision_model.parameters())]
     for p in bb.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -82,6 +87,8 @@ def _labels(batch: list[dict]) -> torch.Tensor:
 def main(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="python -m training.shapes.where_learnability", description=__doc__.split("\n")[0])
     p.add_argument("--backbone", required=True, help="backbone directory")
+    p.add_argument("--checkpoint", default=None, help="a pretraining run's checkpoint (probe --checkpoint's meaning)")
+    p.add_argument("--freeze-vit", action="store_true", help="train the fusion encoder and head only")
     p.add_argument("--world", required=True, help="world directory with vqa_train.json (training.shapes.world)")
     p.add_argument("--extra-sincos", type=float, nargs="+", default=[0.0, 2.0], help="grid scales to compare")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per scale")
