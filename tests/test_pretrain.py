@@ -5,6 +5,7 @@ backbone directory that loads everywhere, its batches carry checked positives, a
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -163,3 +164,25 @@ def test_position_r2_sees_positions_only_when_the_vit_keeps_them(backbone_dir):
     pretrain.add_sincos_positions(strong, 5.0)  # positions of norm 20: they dominate every token
     assert position_r2(strong, images) > 0.9
     assert position_r2(strong, images) > position_r2(blind, images) + 0.2
+
+
+def test_sibling_negatives_replace_drawn_ones_only_where_the_sibling_is_a_negative():
+    from training.losses import sibling_negatives
+
+    drawn = torch.tensor([5, 4, 7, 6, 1, 0])
+    sibling = torch.arange(6) ^ 1
+    allowed = torch.tensor([True, False, True, True, False, True])
+    g = torch.Generator().manual_seed(0)
+    assert sibling_negatives(drawn, sibling, allowed, 1.0, g).tolist() == [1, 4, 3, 2, 1, 4]
+    assert torch.equal(sibling_negatives(drawn, sibling, allowed, 0.0, g), drawn)
+    half = torch.stack([sibling_negatives(drawn, sibling, torch.ones(6, dtype=torch.bool), 0.5, g) for _ in range(400)])
+    assert 0.4 < (half == sibling).float().mean().item() < 0.6
+
+
+def test_pretrain_with_sibling_negatives_records_them_for_the_card(tmp_path):
+    record = _run(tmp_path / "bb", "--sibling-negatives", "1")
+    assert record["args"]["sibling_negatives"] == 1.0
+    assert all(math.isfinite(v) for v in record["last"].values() if isinstance(v, float))
+    from training.shapes.card import _flags
+
+    assert "--sibling-negatives 1.0" in _flags(record["args"])

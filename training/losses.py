@@ -104,6 +104,15 @@ def hard_negatives(sim: torch.Tensor, positive: torch.Tensor, generator: torch.G
     return torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1).to(sim.device)
 
 
+def sibling_negatives(drawn: torch.Tensor, sibling: torch.Tensor, allowed: torch.Tensor, share: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """(N,) ITM negatives: each row's `sibling` in place of its `drawn` one for a `share` of
+    the rows where `allowed` (the sibling's text is false of the row's image, or the sibling
+    image false of the row's text)."""
+    take = (torch.rand(len(drawn), generator=generator) < share).to(drawn.device) & allowed
+    return torch.where(take, sibling, drawn)
+
+
 @dataclass(frozen=True)
 class RetrievalLossConfig:
     temp: float = 0.07  # ITC temperature tau_1 (BLIP's init value), fixed
@@ -111,6 +120,11 @@ class RetrievalLossConfig:
     mcam_tau: float = 0.07  # tau of eq. 9, the softmax temperature of the rank distributions
     mcam_weight: float = 1.0  # L_all = L_ITC + weight * L_ITR (the paper uses 1)
     itm: bool = True  # ITM with hard negatives (trains the fusion encoder and itm re-ranking)
+    # pretraining on sibling pairs: share of rows whose ITM negative is their sibling's text
+    # (and, per text, the sibling image) whenever that is a negative, instead of the ITC-drawn
+    # one. ITC barely tells mirrored siblings apart, so the drawn negatives rarely test the
+    # relation; 0 = BLIP's drawing only.
+    sibling_negatives: float = 0.0
 
 
 def retrieval_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
@@ -128,10 +142,12 @@ def retrieval_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
 
 
 def contrastive_and_matching(bb, ids, mask, image_embeds: torch.Tensor, positive: torch.Tensor, route: Route,
-                             cfg: RetrievalLossConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+                             cfg: RetrievalLossConfig, generator: torch.Generator,
+                             sibling: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """ITC (+ MCAM) and ITM with hard negatives for N row-aligned (image, text) pairs.
     ids/mask (N, L) texts; image_embeds (N, 1+P, Hv); positive (N, N) bool, images x
-    texts: which texts are true of which images (the diagonal at least)."""
+    texts: which texts are true of which images (the diagonal at least); sibling (N,) each
+    row's sibling row, for cfg.sibling_negatives."""
     n = len(ids)
     with routed(route(n)):
         image_feat = tasks.image_features(bb, image_embeds)  # (N, D) unit
@@ -144,6 +160,11 @@ def contrastive_and_matching(bb, ids, mask, image_embeds: torch.Tensor, positive
     if cfg.itm:
         neg_text = hard_negatives(cos / temp, positive, generator)  # per image
         neg_image = hard_negatives(cos.t() / temp, positive.t(), generator)  # per text
+        if sibling is not None and cfg.sibling_negatives > 0:
+            rows = torch.arange(n, device=cos.device)
+            neg_text = sibling_negatives(neg_text, sibling, ~positive[rows, sibling], cfg.sibling_negatives, generator)
+            neg_image = sibling_negatives(neg_image, sibling, ~positive[sibling, rows], cfg.sibling_negatives,
+                                          generator)
         with routed(route(3 * n)):
             fused = tasks.fuse(bb, torch.cat([ids, ids[neg_text], ids]), torch.cat([mask, mask[neg_text], mask]),
                                torch.cat([image_embeds, image_embeds, image_embeds[neg_image]]))
@@ -175,8 +196,11 @@ def pretrain_loss(bb, batch: dict, route: Route, cfg: RetrievalLossConfig,
     decoder that already reads fused text states, so pretraining teaches it on alt text."""
     with routed(route(len(batch["input_ids"]))):
         image_embeds = tasks.encode_image(bb, batch["pixel_values"])  # (N, 1+P, Hv)
+    n = len(batch["input_ids"])
+    sibling = (torch.arange(n, device=image_embeds.device) ^ 1) if cfg.sibling_negatives > 0 else None
+    assert sibling is None or n % 2 == 0, "sibling negatives need rows in sibling pairs (2i, 2i+1)"
     out = contrastive_and_matching(bb, batch["input_ids"], batch["attention_mask"], image_embeds, batch["positive"],
-                                   route, cfg, generator)
+                                   route, cfg, generator, sibling)
     ids, labels = lm_labels(batch["dec_ids"], batch["dec_mask"], bb.config.text_config.bos_token_id,
                             batch["prompt_len"])
     with routed(route(len(ids))):

@@ -67,7 +67,7 @@ def probe_table(probe: dict) -> str:
 
 def _flags(args: dict) -> str:
     keys = ("steps", "hidden", "layers", "heads", "patch", "image_size", "batch_pairs", "lr", "warmup", "mutations",
-            "contrast_share", "sincos_positions", "clip_share", "clip_batch_pairs", "clip_frames", "seed", "world_seed")
+            "contrast_share", "sincos_positions", "sibling_negatives", "clip_share", "clip_batch_pairs", "clip_frames", "seed", "world_seed")
     return " ".join(f"--{k.replace('_', '-')} {args[k]}" for k in keys if k in args and not (args.get("init") and k in
                     ("hidden", "layers", "heads", "patch", "image_size")) and not (k.startswith("clip_") and
                     k != "clip_share" and not args.get("clip_share")))

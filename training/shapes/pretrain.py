@@ -96,6 +96,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "learned positions grew to norm 0.6 beside patch features of norm 11.5, and it could not tell "
                         "left from right; at 0.5 a fusion encoder still could not learn 'where is the X' "
                         "(docs/results.md, the position experiment)")
+    p.add_argument("--sibling-negatives", type=float, default=0.0,
+                   help="share of rows whose ITM negative is their sibling's caption (and sibling image) when that "
+                        "is false of them, instead of the ITC-drawn one (0: BLIP's drawing only)")
     p.add_argument("--batch-pairs", type=int, default=32, help="sibling pairs per step (rows = 2x)")
     p.add_argument("--clip-share", type=float, default=0.0,
                    help="share of steps that are batches of sibling clip pairs (0: images only, the stream as before)")
@@ -202,7 +205,7 @@ def main(argv: list[str]) -> dict:
                      weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed, log_every=10,
                      ckpt_every=args.ckpt_every, stop_after=args.stop_after, workers=args.workers,
                      progress=not args.no_progress,
-                     retrieval=losses.RetrievalLossConfig(temp=args.itc_temp))
+                     retrieval=losses.RetrievalLossConfig(temp=args.itc_temp, sibling_negatives=args.sibling_negatives))
     recipe = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "threads", "probe_pairs",
                                                                  "no_progress", "ckpt_every", "stop_after", "workers",
                                                                  "steps")}  # --resume may re-span the schedule
