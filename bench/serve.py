@@ -37,7 +37,6 @@ import argparse
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from adapters import create_adapter, save_adapter  # noqa: E402
 from adapters.backbone import Backbone  # noqa: E402
 from bench import serve_caption, serve_ceiling, serve_table, serve_vqa  # noqa: E402
-from client import Client, ConnectionFailed  # noqa: E402
+from client import local  # noqa: E402
 
 SHIPPED = ROOT / "models" / "blip-shapes"
 SHIPPED_ADAPTERS = ROOT / "models" / "adapters"
@@ -138,41 +137,14 @@ def make_images(n: int, size: int) -> list[bytes]:
 # -- server -------------------------------------------------------------------------------
 def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "server") -> tuple[subprocess.Popen, str]:
     """`python -m <module>` (the server, or bench.old_vqa_server) on a free loopback port, once ready."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_TORCH_THREADS": str(args.threads),
            "UNITRANS_QUEUE_SIZE": "1024", "UNITRANS_DEFAULT_CAPTION_ADAPTER": "none",
            # a BLIP-base batch can take minutes, and a level's last requests wait for those started before
            # the budget ran out: a 504 here would be the bench's doing, not the server's
            "UNITRANS_REQUEST_TIMEOUT_S": str(max(60.0, 3 * args.time_budget))}
-    cmd = [sys.executable, "-m", module, "--backbone", str(bb_dir), "--adapters", str(adapters), "--data",
-           str(data), "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
-           "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    with Client(url, timeout=5) as c:
-        while True:
-            try:
-                if c.ready()["ready"]:
-                    return proc, url
-            except ConnectionFailed:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                stop(proc)  # a server still starting must not outlive the bench
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (uvicorn's graceful shutdown), then wait; SIGKILL if it hangs."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return local.start(["--backbone", str(bb_dir), "--adapters", str(adapters), "--data", str(data),
+                        "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+                        "--log-level", "warning"], module=module, env=env, cwd=ROOT)
 
 
 def per_size(p: argparse.ArgumentParser, values: list | None, sizes: list[str], key: str) -> dict:
@@ -208,7 +180,7 @@ def run_size(bb_dir: Path, work: Path, args) -> dict:
         try:
             out["fanout"] = serve_ceiling.fanout_rows(url, fan_names, images, args, max(args.concurrency))
         finally:
-            stop(proc)
+            local.stop(proc)
     if "cache" in args.levels:
         out["cache"] = serve_ceiling.cache_rows(server, images, args, max(args.concurrency))
     if "vqa" in args.levels:

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
+from client import local
 from docs import runner
 
 REPO = runner.REPO
@@ -36,41 +32,17 @@ DEMO_QUESTION, DEMO_CANDIDATES = "what colour is the circle ?", ["red", "blue", 
 REGENERATE = ".venv/bin/python -m docs.examples"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def shipped_server(python: str = sys.executable, ready_s: float = 120):
+def shipped_server(ready_s: float = 120):
     """`python -m server` on the shipped models, a free port and a fresh data directory; yields its URL."""
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="unitrans-docs-data-") as data:
         env = {**os.environ, "UNITRANS_TORCH_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         env = {k: v for k, v in env.items() if not k.startswith("UNITRANS_") or k == "UNITRANS_TORCH_THREADS"}
-        proc = subprocess.Popen([python, "-m", "server", "--port", str(port), "--data", data,
-                                 "--log-level", "warning"], cwd=REPO, env=env)
-        url = f"http://127.0.0.1:{port}"
+        proc, url = local.start(["--data", data, "--log-level", "warning"], env=env, cwd=REPO, ready_s=ready_s)
         try:
-            deadline = time.time() + ready_s
-            while True:
-                try:
-                    if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"the server did not come up (exit code {proc.poll()})")
-                time.sleep(0.25)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            local.stop(proc)
 
 
 def run_document(name: str, url: str) -> tuple[str, list[runner.Step]]:

@@ -40,7 +40,6 @@ import numpy as np
 from training import ablation_video as video
 from training import evaluate as evaluate_cli
 from training import fit
-from training.ablation_video import fmt_count as _fmt
 
 ROWS = [  # (row name, fit --kind, extra fit flags)
     ("frozen", None, []),
@@ -124,9 +123,18 @@ def _mean_std(runs: list[dict]) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def _stat(values: list[float]) -> str:
+    """'m ± s (n=k)' over seeds (sample std), or 'm' for one run."""
+    v = np.array(values, dtype=float)
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f} (n={len(v)})" if len(v) > 1 else f"{v.mean():.1f}"
+
+
 def _cell(runs: list[dict]) -> str:
-    mean, std = _mean_std(runs)
-    return f"{mean:.1f} ± {std:.1f} (n={len(runs)})" if len(runs) > 1 else f"{mean:.1f}"
+    return _stat([r["main"] for r in runs])
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
 def write_markdown(results: list[dict], args, tasks: list[str], path: Path, plots: list[Path], wall: float) -> None:

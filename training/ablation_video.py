@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from training.adapters_io import TEMPORAL_KINDS
 
 VIDEO_TASKS = ("video-qa", "video-retrieval")
@@ -59,20 +57,6 @@ def eval_flags(args, task: str) -> list[str]:
     return ["--num-frames", str(args.num_frames)] if task in VIDEO_TASKS else []
 
 
-def fmt_count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-
-
-def _stat(values: list[float]) -> str:
-    """'m ± s (n=k)' over seeds (sample std), or 'm' for one run."""
-    v = np.array(values, dtype=float)
-    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f} (n={len(v)})" if len(v) > 1 else f"{v.mean():.1f}"
-
-
-def _runs(results: list[dict], task: str, row: str) -> list[dict]:
-    return [r for r in results if r["task"] == task and r["row"] == row and "main" in r]
-
-
 def _temporal_cell(runs: list[dict]) -> str:
     kind = runs[0]["kind"]
     if kind == "frozen":
@@ -84,6 +68,8 @@ def _temporal_cell(runs: list[dict]) -> str:
 
 def render(results: list[dict], args, tasks: list[str], rows: list[str], plots: list[Path], wall: float) -> str:
     """The block (BEGIN ... END) for `tasks` over `rows` (rows with no video run are left out)."""
+    from training.ablation import _fmt, _runs, _stat  # the table's one formatting (ablation imports this module)
+
     rows = [row for row in rows if any(_runs(results, t, row) for t in tasks)]
     head, cells_of = ["method", "temporal module"], []
     if "video-qa" in tasks:
@@ -102,7 +88,7 @@ def render(results: list[dict], args, tasks: list[str], rows: list[str], plots: 
         any_runs = next(runs for runs in per_task.values() if runs)
         cells = [row, _temporal_cell(any_runs)]
         cells += [_stat([get(r) for r in per_task[t]]) if per_task[t] else "not run" for t, get in cells_of]
-        cells.append(" / ".join(f"{fmt_count(runs[0]['trainable_params'])} ({fmt_count(runs[0]['paper_params'])})"
+        cells.append(" / ".join(f"{_fmt(runs[0]['trainable_params'])} ({_fmt(runs[0]['paper_params'])})"
                                 if runs else "not run" for runs in per_task.values()))
         cells.append(" / ".join(f"{runs[0]['lr']:g}" if runs and runs[0].get("lr") else "fit's default"
                                 for runs in per_task.values()))
