@@ -50,7 +50,12 @@ def small_backbone() -> Backbone:
 
 def base_backbone() -> Backbone:
     config = BlipConfig()  # BLIP-base: 384 px, ViT-B/16, BERT-base, vocab 30524
-    processor = build_processor(build_tokenizer(WORDS), config.vision_config.image_size)
+    # filler words up to BERT's vocabulary size: every id a random model generates decodes to a
+    # word (with only WORDS' ids, its answers decoded to '' and /vqa failed in bench/serve.py)
+    words = WORDS + [f"w{i}" for i in range(config.text_config.vocab_size)]
+    tokenizer = build_tokenizer(words)
+    tokenizer = build_tokenizer(words[:len(words) - (len(tokenizer) - config.text_config.vocab_size)])
+    processor = build_processor(tokenizer, config.vision_config.image_size)
     text = config.text_config
     for key, value in blip_text_config_ids(processor.tokenizer).items():
         if key != "vocab_size":  # keep BERT's vocabulary size; our ids are all below it

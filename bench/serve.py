@@ -172,7 +172,9 @@ def run_size(bb_dir: Path, work: Path, args) -> dict:
         out["ceiling"] = r = serve_ceiling.ceiling(bb_dir, adapters, names, images, args)
         print(f"  ceiling: {r['n']} rows, {r['rps']:.2f} rows/s", flush=True)
     if {"caption", "ceiling"} & set(args.levels):
-        out.update(serve_caption.server_levels(server, bb_dir, names, images, args, generate="caption" in args.levels))
+        with serve_ceiling.env("UNITRANS_IMAGE_CACHE_MB", "0"):  # every request pays its vision pass, as the ceiling
+            out.update(serve_caption.server_levels(server, bb_dir, names, images, args,
+                                                   generate="caption" in args.levels))
     if "fanout" in args.levels:
         fan_dir = work / "fan-adapters"
         fan_names = serve_ceiling.fanout_adapters(bb_dir, fan_dir)

@@ -7,7 +7,10 @@ one-at-a-time transformers `generate` on the same weights, interleaved.
 The baseline runs the frozen weights (transformers has no per-request adapters) in
 segments before, between and after the server levels, so both see the same drift in the
 load of shared cores. Baseline latency includes image preprocessing, as the server's does;
-the server's also includes HTTP, JSON and base64.
+the server's also includes HTTP, JSON and base64. The server runs with its image-feature cache
+off (bench/serve.py): the load cycles 64 images, and cache hits would skip vision passes that
+the ceiling and the baseline pay (BLIP-base's ViT at 384 px is ~2/3 of a caption's time, so
+with the cache on the server rows read above the ceiling). The cache level measures the cache.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def cache_rows(start_server, images: list[bytes], args, conc: int) -> dict:
     """{"on" | "off": closed-loop result}; a unit is 5 questions about one image, one after another."""
     out = {}
     for label, mb in (("on", None), ("off", "0")):
-        with _env("UNITRANS_IMAGE_CACHE_MB", mb):
+        with env("UNITRANS_IMAGE_CACHE_MB", mb):
             proc, url = start_server()
         try:
             async def five(c, i):  # each server process starts with an empty cache
@@ -123,7 +123,7 @@ def cache_rows(start_server, images: list[bytes], args, conc: int) -> dict:
 
 
 @contextmanager
-def _env(name: str, value: str | None):
+def env(name: str, value: str | None):
     old = os.environ.get(name)
     if value is not None:
         os.environ[name] = value

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.shapes.language import Description, Mention, alt_text, canonical_captions, holds, is_canonical
+from training.shapes.language import Description, Mention, alt_text, canonical_captions, holds, is_canonical, \
+    spatial_cut
 from training.shapes.render import COLOURS, SHAPES, Group
-from training.shapes.world import PRETRAIN_MUTATIONS, PROMPT, POOL_DOWNSTREAM, POOL_PRETRAIN, difference, load_texts, \
-    main, scene_pair
+from training.shapes.world import PRETRAIN_MUTATIONS, PROMPT, POOL_DOWNSTREAM, POOL_PRETRAIN, AltTextPairs, difference, \
+    load_texts, main, scene_pair
 from training.tokenizer import build_tokenizer
 
 N = 120  # 60 pretraining images, 30 downstream sibling pairs
@@ -182,3 +183,26 @@ def test_pretraining_mutations_follow_their_weights():
     assert uniform.count("relation") < kinds.count("relation") / 1.5  # v2's first stage: relation only ~14%
     downstream = [difference(*scene_pair(3, POOL_DOWNSTREAM, "train", p, 64)[1:]) for p in range(600)]
     assert "size" not in downstream  # captions cannot say sizes, so downstream siblings never differ in one
+    relation = [difference(*scene_pair(3, POOL_PRETRAIN, "train", p, 64, "relation")[1:]) for p in range(600)]
+    assert relation.count("relation") > 0.55 * len(relation)  # a relation stage: most two-group pairs mirrored
+
+
+def test_spatial_cut_starts_the_first_side_phrase_after_an_object():
+    assert spatial_cut("a red circle to the left of a blue square") == 3  # prefix "a red circle"
+    assert spatial_cut("two stars are above a circle") == 3
+    assert spatial_cut("on the left: a red circle; on the right: two squares") == 6  # not the opening phrase
+    assert spatial_cut("left, a circle") is None and spatial_cut("two red circles") is None
+
+
+def test_spatial_cuts_cut_before_the_side_phrase_and_share_zero_is_the_old_stream():
+    default, zero, cut = AltTextPairs(0, "train", 40, 32), AltTextPairs(0, "train", 40, 32, spatial_cuts=0.0), \
+        AltTextPairs(0, "train", 40, 32, spatial_cuts=1.0)
+    moved = 0
+    for p in range(40):
+        assert [(r[2], r[4]) for r in default[p]] == [(r[2], r[4]) for r in zero[p]]  # no extra draws at 0
+        for _, _, text, _, c in cut[p]:
+            assert 0 <= c < len(text.split())
+            if spatial_cut(text) is not None:
+                assert c == spatial_cut(text)
+                moved += 1
+    assert moved >= 20  # most two-group texts make a spatial claim

@@ -38,6 +38,26 @@ ALT_RELATIONS = {
 }
 
 
+# head words of every side or relation phrase above; `spatial_cut` finds a phrase by its head
+SPATIAL_HEADS = frozenset({"left", "right", "top", "bottom", "above", "over", "below", "under", "beneath"})
+_PHRASE_LEAD = frozenset({"to", "on", "at", "the"})  # "to the left of", "at the top": the phrase starts here
+
+
+def spatial_cut(text: str) -> int | None:
+    """Word index where the first side or relation phrase after the text's first two words
+    starts, or None: cut there, the prefix names an object ("a red circle") and whoever
+    continues the text must say where it is ("to the left of ..."), which is what "where is
+    the red circle ?" asks of BLIP's VQA path."""
+    words = [w.strip(",:;") for w in text.split()]
+    for i, w in enumerate(words):
+        if w in SPATIAL_HEADS:
+            while i > 0 and words[i - 1] in _PHRASE_LEAD:
+                i -= 1
+            if i >= 2:
+                return i
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Mention:
     """Objects picked by the given attributes (None = any). `count`: exact number of

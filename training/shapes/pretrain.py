@@ -100,6 +100,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="share of rows whose ITM negative is their sibling's caption (and sibling image) when that "
                         "is false of them, instead of the ITC-drawn one (0: BLIP's drawing only; 0.5 on stage 3 left "
                         "relation ITM at chance after 300 steps, docs/results.md)")
+    p.add_argument("--spatial-cuts", type=float, default=0.0,
+                   help="share of image texts with a side or relation phrase whose prefix-LM cut falls just before "
+                        "it (training.shapes.language.spatial_cut: the decoder, reading the fused prefix, must say "
+                        "where the named object is; 0: cuts uniform over the words, as before)")
     p.add_argument("--batch-pairs", type=int, default=32, help="sibling pairs per step (rows = 2x)")
     p.add_argument("--clip-share", type=float, default=0.0,
                    help="share of steps that are batches of sibling clip pairs (0: images only, the stream as before)")
@@ -193,7 +197,7 @@ def main(argv: list[str]) -> dict:
     start = sum(st["pairs"] for st in stages)  # a continued run takes the stream's next pairs
     data = AltTextPairs(args.world_seed, "train", args.steps * args.batch_pairs,
                         fresh.config.vision_config.image_size, start=start, mutations=args.mutations,
-                        contrast_share=args.contrast_share)
+                        contrast_share=args.contrast_share, spatial_cuts=args.spatial_cuts)
     if args.clip_share:
         from training.shapes.clip_world import AltTextClips, ClipShare
 

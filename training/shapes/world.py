@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from training.shapes.language import COUNT_WORDS, PROMPT, alt_text, canonical_captions, holds, questions, \
-    vocabulary_texts
+    spatial_cut, vocabulary_texts
 from training.shapes.render import COLOURS, MAX_COUNT, OPPOSITE, SHAPES, SIZES, Group, Scene, place, render, \
     sample_background
 
@@ -52,8 +52,11 @@ POOL_PRETRAIN, POOL_DOWNSTREAM = 0, 1
 # ground (backbone v2's probe: colour 100%, count 92%, shape 73%, relation 50% = chance with
 # uniform weights, when only ~8% of pairs carried any relation signal).
 PRETRAIN_MUTATIONS = {"colour": 0.08, "shape": 0.25, "count": 0.2, "size": 0.07, "relation": 0.4}
-# `pretrain --mutations`: "uniform" is how backbone v2's first stage was drawn.
-MUTATION_SETS = {"weighted": PRETRAIN_MUTATIONS, "uniform": ("colour", "shape", "count", "size", "relation")}
+# `pretrain --mutations`: "uniform" is how backbone v2's first stage was drawn; "relation" makes
+# nearly every two-group pair a mirrored one (a stage that targets the relation alone; the
+# other attributes keep a small share so that one-group scenes still have siblings).
+MUTATION_SETS = {"weighted": PRETRAIN_MUTATIONS, "uniform": ("colour", "shape", "count", "size", "relation"),
+                 "relation": {"colour": 0.02, "shape": 0.04, "count": 0.04, "size": 0.02, "relation": 0.88}}
 DOWNSTREAM_MUTATIONS = ("colour", "shape", "count", "relation")  # what canonical captions can tell apart
 CONTRAST_SHARE = 0.8  # share of pretraining captions drawn to be false of the sibling (when one exists)
 
@@ -147,11 +150,14 @@ class SiblingStream(Dataset):
 
     `cut` splits the text's words for the prefix-LM objective: words[:cut] go through the
     fusion encoder with the pixels, the decoder continues with words[cut:] (the path VQA
-    uses: question fused with the image -> answer). `start` skips the first pairs of the
-    stream (a continued pretraining sees new pairs)."""
+    uses: question fused with the image -> answer). A `spatial_cuts` share of the texts with a
+    side or relation phrase is cut just before it instead (language.spatial_cut): the decoder
+    must then say where the prefix's object is. `start` skips the first pairs of the stream (a
+    continued pretraining sees new pairs)."""
 
     n_pairs: int
     start: int
+    spatial_cuts: float = 0.0  # 0 draws nothing extra: the stream is exactly as before the option
 
     def __len__(self) -> int:
         return self.n_pairs
@@ -171,7 +177,10 @@ class SiblingStream(Dataset):
         for x, sibling in zip(pair, pair[::-1]):
             text, desc = self.text(rng, x, sibling)
             pixels = self.draw(x, int(rng.integers(2**31)))
-            rows.append((x, pixels, text, desc, int(rng.integers(len(text.split())))))  # cut in [0, words)
+            cut = int(rng.integers(len(text.split())))  # in [0, words)
+            if self.spatial_cuts and rng.random() < self.spatial_cuts:
+                cut = spatial_cut(text) if spatial_cut(text) is not None else cut
+            rows.append((x, pixels, text, desc, cut))
         return rows
 
 
@@ -181,9 +190,9 @@ class AltTextPairs(SiblingStream):
     apart (`alt_text`). Collate flattens pairs into rows."""
 
     def __init__(self, seed: int, split: str, n_pairs: int, image_size: int, start: int = 0,
-                 mutations: str = "weighted", contrast_share: float = CONTRAST_SHARE):
+                 mutations: str = "weighted", contrast_share: float = CONTRAST_SHARE, spatial_cuts: float = 0.0):
         self.seed, self.split, self.n_pairs, self.image_size, self.start = seed, split, n_pairs, image_size, start
-        self.mutations, self.contrast_share = mutations, contrast_share
+        self.mutations, self.contrast_share, self.spatial_cuts = mutations, contrast_share, spatial_cuts
 
     def pair(self, index: int):
         return scene_pair(self.seed, POOL_PRETRAIN, self.split, index, self.image_size, self.mutations)

@@ -1,18 +1,23 @@
-"""Can a fine-tune learn "where is the X" from a backbone? The experiment behind the stage-3
-position grid (docs/results.md, "Why relation stayed at chance").
+"""Can a fine-tune learn one question type (e.g. "where is the X") from a backbone, given a
+direct classifier on the fused [CLS]? The experiment behind the stage-3 position grid and the
+relation stages (docs/results.md, "Why `where` and `relation` stay at chance").
 
-    python -m training.shapes.where_learnability --backbone models/blip-shapes --world /tmp/w0 \
+    python -m training.shapes.learnability --backbone models/blip-shapes --world /tmp/w0 \
         --extra-sincos 0 2 --steps 1000
+    python -m training.shapes.learnability --backbone models/blip-shapes --world /tmp/w0 \
+        --question-type relation --extra-sincos 0 --freeze-vit --steps 600
 
 "where" in this world is relational: a group's region (left/right/top/bottom half) is only
 determined against the other group (a corner object can be in either), so it needs the same
-two-object position comparison as the relation questions. For each --extra-sincos value s,
-a copy of the backbone gets s x the 2-D sin-cos grid added to its ViT position embeddings
-(training.shapes.pretrain.add_sincos_positions; 0 = as shipped), then its ViT (unless
---freeze-vit) and fusion encoder are fully fine-tuned with a linear head on the fused [CLS] to classify the answer
-of the world's "where" training questions (4 classes). Printed: held-out accuracy every
---eval-every steps on --test questions kept out of training. Chance is 25%; the layout axis
-alone (horizontal or vertical pair) gives 50%.
+two-object position comparison as the relation questions ("is the red circle left of the blue
+square ?", yes/no), which also need the words' order bound to the objects. For each
+--extra-sincos value s, a copy of the backbone gets s x the 2-D sin-cos grid added to its ViT
+position embeddings (training.shapes.pretrain.add_sincos_positions; 0 = as shipped), then its
+ViT (unless --freeze-vit) and fusion encoder are fully fine-tuned with a linear head on the
+fused [CLS] to classify the majority answer of the world's --question-type training questions
+(one class per answer seen). Printed: held-out accuracy every --eval-every steps on --test
+questions kept out of training. Chance for "where" is 25% (the layout axis alone gives 50%),
+for "relation" 50%.
 """
 
 from __future__ import annotations
@@ -28,13 +33,11 @@ import torch
 from PIL import Image
 
 from adapters.backbone import Backbone, tasks
-from training.shapes.language import WHERE_WORDS
 from training.shapes.pretrain import add_sincos_positions
-
-LABELS = sorted(WHERE_WORDS.values())  # bottom, left, right, top
 
 
 def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -> list[tuple[int, float]]:
+    labels = sorted({_answer(q) for q in train + test})  # e.g. bottom, left, right, top; no, yes
     torch.manual_seed(args.seed)
     if args.checkpoint:
         from training.shapes.probe import from_checkpoint
@@ -44,7 +47,7 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
         bb = Backbone.from_dirs(args.backbone)
     if extra:
         add_sincos_positions(bb, extra)
-    head = torch.nn.Linear(bb.config.text_config.hidden_size, len(LABELS))
+    head = torch.nn.Linear(bb.config.text_config.hidden_size, len(labels))
     params = [*bb.text_encoder.parameters(), *head.parameters(), *([] if args.freeze_vit else bb.vision_model.parameters())]
     for p in bb.parameters():
         p.requires_grad_(False)
@@ -52,7 +55,7 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, args.lr)
 
-    def logits(batch: list[dict]) -> torch.Tensor:  # (B, 4) from the fused [CLS]
+    def logits(batch: list[dict]) -> torch.Tensor:  # (B, classes) from the fused [CLS]
         px = tasks.pixels(bb, [images[q["image"]] for q in batch])
         ids, mask = tasks.tokens(bb, [q["question"] for q in batch])
         return head(tasks.fuse(bb, ids, mask, tasks.encode_image(bb, px))[:, 0])
@@ -60,7 +63,7 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
     def accuracy() -> float:
         bb.eval()
         with torch.no_grad():
-            right = sum(int((logits(test[i:i + 100]).argmax(-1) == _labels(test[i:i + 100])).sum())
+            right = sum(int((logits(test[i:i + 100]).argmax(-1) == _labels(test[i:i + 100], labels)).sum())
                         for i in range(0, len(test), 100))
         bb.train()
         return 100.0 * right / len(test)
@@ -69,27 +72,34 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
     bb.train()
     for step in range(1, args.steps + 1):
         batch = rng.sample(train, args.batch_size)
-        loss = torch.nn.functional.cross_entropy(logits(batch), _labels(batch))
+        loss = torch.nn.functional.cross_entropy(logits(batch), _labels(batch, labels))
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % args.eval_every == 0:
             curve.append((step, accuracy()))
-            print(f"extra sin-cos {extra:g}  step {step:5d}  loss {loss.item():.3f}  held-out acc {curve[-1][1]:.1f}%",
+            print(f"{args.question_type}  extra sin-cos {extra:g}  step {step:5d}  loss {loss.item():.3f}  held-out acc {curve[-1][1]:.1f}%",
                   flush=True)
     return curve
 
 
-def _labels(batch: list[dict]) -> torch.Tensor:
-    return torch.tensor([LABELS.index(q["answer"][0]) for q in batch])
+def _answer(q: dict) -> str:
+    """The majority of the question's VQAv2-style answers (counts mix "2" and "two")."""
+    return max(set(q["answer"]), key=q["answer"].count)
+
+
+def _labels(batch: list[dict], labels: list[str]) -> torch.Tensor:
+    return torch.tensor([labels.index(_answer(q)) for q in batch])
 
 
 def main(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog="python -m training.shapes.where_learnability", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.shapes.learnability", description=__doc__.split("\n")[0])
     p.add_argument("--backbone", required=True, help="backbone directory")
     p.add_argument("--checkpoint", default=None, help="a pretraining run's checkpoint (probe --checkpoint's meaning)")
     p.add_argument("--freeze-vit", action="store_true", help="train the fusion encoder and head only")
     p.add_argument("--world", required=True, help="world directory with vqa_train.json (training.shapes.world)")
+    p.add_argument("--question-type", default="where", help="which questions (the world's question_type: where, "
+                   "relation, count, colour, shape, exists)")
     p.add_argument("--extra-sincos", type=float, nargs="+", default=[0.0, 2.0], help="grid scales to compare")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per scale")
     p.add_argument("--eval-every", type=int, default=100, help="held-out accuracy every N steps")
@@ -102,12 +112,12 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--json", default=None, help="also write the curves here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    qs = [q for q in json.loads(Path(args.world, "vqa_train.json").read_text()) if q["question_type"] == "where"]
+    qs = [q for q in json.loads(Path(args.world, "vqa_train.json").read_text()) if q["question_type"] == args.question_type]
     random.Random(0).shuffle(qs)
     test, train = qs[:args.test], qs[args.test:args.test + args.train]
     images = {q["image"]: Image.open(Path(args.world, q["image"])).convert("RGB") for q in test + train}
     t0 = time.perf_counter()
-    out = {"args": vars(args), "curves": {f"{s:g}": run(args, s, train, test, images) for s in args.extra_sincos}}
+    out = {"args": vars(args), "labels": sorted({_answer(q) for q in train + test}), "curves": {f"{s:g}": run(args, s, train, test, images) for s in args.extra_sincos}}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
