@@ -3,7 +3,7 @@
 drives it; the math is here, next to `from_image_tokens.captions`, whose tokens it
 reproduces row for row.
 
-    run = Running.empty()
+    run = None                                           # no rows yet
     new = prefill(bb, image_embeds, routing=r_new)       # joiners: the prompt pass -> first token logits
     tok = choose(bb, new.logits, new.generated, min_new_tokens=0)
     run = merge(run, new.rows, tok)                      # into the running batch
@@ -46,14 +46,11 @@ class Running:
     embeds: torch.Tensor  # (B, T, Hv) image tokens: marks the cross-attention (cached K/V are used)
     mask: torch.Tensor  # (B, S) long, 1 on real cache positions
     last: torch.Tensor  # (B,) the token each row feeds next (its latest generated one)
+    cache: EncoderDecoderCache | None = None  # holds the tensors above while the rows stay; rebuilt after a change
 
     @property
     def size(self) -> int:
         return self.mask.shape[0]
-
-    @staticmethod
-    def empty() -> "Running | None":
-        return None
 
     def select(self, keep: torch.Tensor) -> "Running | None":
         """Only rows `keep` (K,) stay; leading columns padded in every remaining row are cut."""
@@ -77,8 +74,10 @@ def _kv(cache: DynamicCache) -> KV:
 
 
 def _cache(run: Running) -> EncoderDecoderCache:
-    # built from the tensors each step: cross K/V given -> every layer's `is_updated`, so they are reused
-    return EncoderDecoderCache(DynamicCache(run.self_kv), DynamicCache(run.cross_kv))
+    # after rows joined or left: cross K/V given -> every layer's `is_updated`, so they are reused, not recomputed
+    if run.cache is None:
+        run.cache = EncoderDecoderCache(DynamicCache(run.self_kv), DynamicCache(run.cross_kv))
+    return run.cache
 
 
 def prefill(bb, image_embeds: torch.Tensor, *, routing=None) -> Prefilled:
@@ -93,7 +92,7 @@ def prefill(bb, image_embeds: torch.Tensor, *, routing=None) -> Prefilled:
                               return_dict=True)
     cache = out.cache
     rows = Running(_kv(cache.self_attention_cache), _kv(cache.cross_attention_cache), image_embeds, mask,
-                   torch.empty(0, dtype=torch.long))
+                   torch.empty(0, dtype=torch.long), cache)
     return Prefilled(rows, out.logits[:, -1, :].float())  # generate() scores in float32 too
 
 
@@ -107,6 +106,7 @@ def step(bb, run: Running, *, routing=None) -> torch.Tensor:
         out = bb.text_decoder(input_ids=run.last[:, None], attention_mask=mask, position_ids=positions,
                               encoder_hidden_states=run.embeds, encoder_attention_mask=tasks._ones_mask(run.embeds),
                               cache=_cache(run), use_cache=True, return_dict=True)
+    run.cache = out.cache  # the same object, grown in place by one column
     run.self_kv = _kv(out.cache.self_attention_cache)  # (B, nh, S + 1, hs)
     run.mask = mask
     return out.logits[:, -1, :].float()
