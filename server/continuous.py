@@ -8,9 +8,10 @@ running decode at token boundaries instead of waiting for a whole batch's decode
 One tick is one call on the model worker thread (so VQA and retrieval batches interleave
 with a long decode at token granularity):
   1. running rows whose request went away (timeout, client gone) leave;
-  2. waiting requests are admitted while the batch has room (`max_batch_size` rows) and
-     the adapter table can hold every adapter of the batch at once (else they wait, and
-     so does everyone behind them, until rows leave: no request starves);
+  2. waiting requests are admitted while the batch has room (`max_batch_size` rows), once
+     they fill it or the oldest has waited `max_wait_ms` (joiners share a prompt pass), and
+     while the adapter table can hold every adapter of the batch at once (else they wait,
+     and so does everyone behind them, until rows leave: no request starves);
   3. the running rows advance one token (`greedy_steps.step`, their routing rebuilt only
      when the rows or the table changed);
   4. the admitted ones run their prompt pass and first token (`greedy_steps.prefill`)
@@ -82,7 +83,8 @@ class ContinuousCaptions(Batcher):
                         await asyncio.wait_for(self._wakeup.wait(), wait)
                     except asyncio.TimeoutError:
                         break
-            joiners = self._take_up_to(self.max_batch_size - len(self._rows))
+            room = self.max_batch_size - len(self._rows)
+            joiners = self._take_up_to(room) if not self._rows or self._joinable(room) else []
             self.metrics.queue_depth.labels(self.task).set(len(self._queue))
             started = time.perf_counter()
             try:
@@ -106,6 +108,12 @@ class ContinuousCaptions(Batcher):
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+
+    def _joinable(self, room: int) -> bool:
+        """Join a running decode when the waiting requests fill its room or the oldest has waited
+        max_wait_ms: joiners share one prompt pass instead of one each per tick."""
+        live = [i for i in self._queue if not i.future.done()]
+        return room > 0 and bool(live) and (len(live) >= room or time.perf_counter() - live[0].enqueued >= self.max_wait)
 
     def _take_up_to(self, room: int) -> list[Item]:
         """The oldest live queued items, at most `room`."""
