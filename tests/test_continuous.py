@@ -29,38 +29,49 @@ def _backbone(sep_bias: float):
 
 
 def _continuous(bb, table, embeds, names, joins, max_new, min_new):
-    """Row i joins at step joins[i]; every step the running rows advance one token. -> ids per row."""
-    n, sep = len(names), bb.config.text_config.sep_token_id
-    rows, run, out, step = [], None, {}, 0
-    tokens: dict[int, list[int]] = {}
-
-    def pick(logits, idx):
-        return gs.choose(bb, logits, torch.tensor([len(tokens[i]) for i in idx]),
-                         torch.tensor([min_new[i] for i in idx]))
-
+    """Row i joins at step joins[i] (into a free slot when there is one); every step each slot
+    advances one token, a new row feeding the prompt first. -> generated ids per row."""
+    n, sep, prompt = len(names), bb.config.text_config.sep_token_id, gs.prompt_ids(bb)
+    slots, owner, out, step, compactions = None, [], {}, 0, []
+    fed, tokens, trims = [0] * n, [[] for _ in range(n)], []
     while len(out) < n:
-        if rows:
-            run.last = pick(gs.step(bb, run, routing=table.routing([names[i] for i in rows])), rows)
-            for i, t in zip(rows, run.last.tolist()):
-                tokens[i].append(t)
         new = [i for i in range(n) if joins[i] == step]
-        if new:
-            tokens.update({i: [] for i in new})
-            pre = gs.prefill(bb, embeds[new], routing=table.routing([names[i] for i in new]))
-            first = pick(pre.logits, new)
-            for i, t in zip(new, first.tolist()):
-                tokens[i].append(t)
-            run, rows = gs.merge(run, pre.rows, first), rows + new
-        keep = []
-        for j, i in enumerate(rows):
-            if tokens[i][-1] == sep or len(tokens[i]) >= max_new[i]:
-                out[i] = tokens[i]
-            else:
-                keep.append(j)
-        if rows:
-            run = run.select(torch.tensor(keep, dtype=torch.long))
-            rows = [rows[j] for j in keep]
+        free = [j for j, o in enumerate(owner) if o is None][: len(new)]
+        if free:
+            slots.place(bb, free, embeds[new[: len(free)]], routing=table.routing([names[i] for i in new[: len(free)]]))
+            for j, i in zip(free, new):
+                owner[j] = i
+        if len(new) > len(free):
+            rest = new[len(free):]
+            more = gs.Slots.open(bb, embeds[rest], routing=table.routing([names[i] for i in rest]))
+            slots = more if slots is None else slots.extend(more)
+            owner += rest
+        if not new and slots is not None and 2 * sum(o is not None for o in owner) < len(owner):
+            keep = [j for j, o in enumerate(owner) if o is not None]  # free slots outnumber rows: drop them
+            slots, owner = (slots.compact(keep) if keep else None), [owner[j] for j in keep]
+            compactions.append(step)
+        if any(o is not None for o in owner):
+            logits = gs.step(bb, slots, routing=table.routing([names[o] if o is not None else None for o in owner]))
+            live = [j for j, o in enumerate(owner) if o is not None]
+            words = gs.choose(bb, logits[live], torch.tensor([len(tokens[owner[j]]) for j in live]),
+                              torch.tensor([min_new[owner[j]] for j in live])).tolist()
+            feed = slots.feed.tolist()
+            for j, w in zip(live, words):
+                i = owner[j]
+                fed[i] += 1
+                if fed[i] < len(prompt):
+                    feed[j] = prompt[fed[i]]
+                    continue
+                tokens[i].append(w)
+                feed[j] = w
+                if w == sep or len(tokens[i]) >= max_new[i]:
+                    out[i] = tokens[i]
+                    owner[j] = None
+                    slots.free([j])
+            slots.feed = torch.tensor(feed)
+        trims.append(slots is not None and slots.mask.shape[1] < step - min(joins))
         step += 1
+    assert compactions and any(trims), (compactions, trims)  # both ways the layout changes are exercised
     return [out[i] for i in range(n)]
 
 
@@ -73,7 +84,7 @@ def test_steps_equal_batch_generate_rows_joining_and_leaving():
         table.load(name, world / "adapters" / f"{name}.safetensors")
     n = 12
     names = [NAMES[i % len(NAMES)] for i in range(n)]
-    joins = [0, 0, 0, 1, 2, 2, 3, 5, 8, 8, 13, 20]
+    joins = [0, 0, 0, 1, 2, 2, 3, 5, 8, 8, 13, 40]  # the last joins a batch of free slots only
     max_new = [20, 7, 20, 3, 20, 11, 20, 1, 20, 20, 5, 20]
     sep = bb.config.text_config.sep_token_id
     px = tasks.pixels(bb, random_images(n, seed=11))
