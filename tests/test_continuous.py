@@ -172,3 +172,13 @@ def test_continuous_with_fewer_table_slots_than_adapters():
             c.caption(images(1)[0], adapter="caption-b")
         assert exc.value.type == "adapter_table_full"
         assert c.caption(images(1)[0])["adapter"] == "caption"
+
+
+def test_the_scheduler_setting_and_flag():
+    from server.__main__ import parse
+    from server.settings import Settings
+
+    assert Settings.model_fields["caption_scheduler"].default == "batch"  # until the bench says otherwise
+    assert parse(["--caption-scheduler", "continuous"])["caption_scheduler"] == "continuous"
+    with pytest.raises(SystemExit):
+        parse(["--caption-scheduler", "beams"])
