@@ -46,7 +46,7 @@ TASK = "caption-continuous"  # metrics label
 
 @dataclass
 class _Row:
-    item: Item | None
+    item: Item
     adapter: str | None
     max_new_tokens: int
     min_new_tokens: int
@@ -181,9 +181,8 @@ class ContinuousCaptions(Batcher):
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) -> (B,) greedy words; a slot not generating (prompt, free) has a minimum of 0."""
-        rows = [r if r is not None else _Row(None, None, 0, 0) for r in self._rows]
-        generated = torch.tensor([len(r.tokens) for r in rows], device=logits.device)
-        minimum = torch.tensor([r.min_new_tokens for r in rows], device=logits.device)
+        generated = torch.tensor([len(r.tokens) if r else 0 for r in self._rows], device=logits.device)
+        minimum = torch.tensor([r.min_new_tokens if r else 0 for r in self._rows], device=logits.device)
         return gs.choose(self.bb, logits, generated, minimum)
 
     def _free(self, slots: list[int]) -> None:
