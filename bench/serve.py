@@ -9,6 +9,7 @@ weights, plus fan-out and the image-feature cache; one combined markdown table a
     .venv/bin/python bench/serve.py --levels caption --requests 64 --time-budget 30
     .venv/bin/python bench/serve.py --sizes small base --requests 256 32 --time-budget 45 120
     .venv/bin/python bench/serve.py --levels vqa         # VQA only: any-length vs equal-length batching
+    .venv/bin/python bench/serve.py --levels caption --caption-schedulers batch continuous   # side by side
 
 Sizes: small is models/blip-shapes (else a random model of its size); base is a random
 BLIP at BlipConfig() defaults (ViT-B/16 at 384 px, BERT-base text, 224M parameters;
@@ -21,7 +22,8 @@ Levels, each size in turn (server subprocesses on free 127.0.0.1 ports, one per 
 - caption: the server at each --concurrency, closed-loop clients (each sends its next
   request when its last answer arrives), requests cycling through the caption adapters
   (models/adapters' when they fit, else VCRA and LoRA adapters made here with random
-  non-zero vectors, plus "none"); one-at-a-time `generate` interleaved (bench/serve_caption.py).
+  non-zero vectors, plus "none"); one-at-a-time `generate` interleaved (bench/serve_caption.py);
+  with --caption-schedulers batch continuous, a server per caption scheduler, alternating.
 - ceiling: the model alone, batches of --max-batch-size, no HTTP; the server rows' ratio
   to it (the server rows run once, in the caption level when it runs).
 - fanout, cache: 4 adapters on one image in one request vs 4 requests, and 5 questions on
@@ -135,8 +137,10 @@ def make_images(n: int, size: int) -> list[bytes]:
 
 
 # -- server -------------------------------------------------------------------------------
-def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "server") -> tuple[subprocess.Popen, str]:
-    """`python -m <module>` (the server, or bench.old_vqa_server) on a free loopback port, once ready."""
+def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "server",
+                 scheduler: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m <module>` (the server, or bench.old_vqa_server) on a free loopback port, once ready;
+    `scheduler`: its --caption-scheduler (None: the server's default)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITRANS_TORCH_THREADS": str(args.threads),
            "UNITRANS_QUEUE_SIZE": "1024", "UNITRANS_DEFAULT_CAPTION_ADAPTER": "none",
            # a BLIP-base batch can take minutes, and a level's last requests wait for those started before
@@ -144,7 +148,8 @@ def start_server(bb_dir: Path, adapters: Path, data: Path, args, module: str = "
            "UNITRANS_REQUEST_TIMEOUT_S": str(max(60.0, 3 * args.time_budget))}
     return local.start(["--backbone", str(bb_dir), "--adapters", str(adapters), "--data", str(data),
                         "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-                        "--log-level", "warning"], module=module, env=env, cwd=ROOT)
+                        "--log-level", "warning"] + (["--caption-scheduler", scheduler] if scheduler else []),
+                       module=module, env=env, cwd=ROOT)
 
 
 def per_size(p: argparse.ArgumentParser, values: list | None, sizes: list[str], key: str) -> dict:
@@ -164,8 +169,8 @@ def run_size(bb_dir: Path, work: Path, args) -> dict:
     images = make_images(64, BlipConfig.from_pretrained(str(bb_dir)).vision_config.image_size)
     out: dict = {}
 
-    def server(adapter_dir: Path = adapters, module: str = "server"):
-        return start_server(bb_dir, adapter_dir, work / f"data-{time.time_ns()}", args, module)
+    def server(adapter_dir: Path = adapters, module: str = "server", scheduler: str | None = None):
+        return start_server(bb_dir, adapter_dir, work / f"data-{time.time_ns()}", args, module, scheduler)
 
     print(f"  caption adapters cycled: {', '.join(names)}; at most {args.max_new_tokens} tokens", flush=True)
     if "ceiling" in args.levels:
@@ -213,6 +218,10 @@ def main(argv: list[str], backbones: dict | None = None) -> dict[str, dict]:
     p.add_argument("--time-budget", type=float, nargs="+",
                    help="per size: seconds per level at most (requests in flight then still finish)")
     p.add_argument("--max-new-tokens", type=int, default=20, help="caption length limit, same for all")
+    p.add_argument("--caption-schedulers", nargs="+", choices=["batch", "continuous"], default=["batch"],
+                   help="caption level: one server per scheduler, run side by side (alternating at each "
+                        "concurrency, so both see the same load); the first is the 'server' rows' and the "
+                        "others get a ratio row against it")
     p.add_argument("--max-batch-size", type=int, default=32, help="server batch limit, and the ceiling's batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="server batch wait (the server default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, server, ceiling and baseline alike")
@@ -244,7 +253,8 @@ def main(argv: list[str], backbones: dict | None = None) -> dict[str, dict]:
             shutil.rmtree(work, ignore_errors=True)  # BLIP-base's random weights alone are ~0.9 GB
         loads[size].append(serve_vqa.load_average())
 
-    table = serve_table.combined(results, args.levels, args.concurrency, args.max_batch_size)
+    table = serve_table.combined(results, args.levels, args.concurrency, args.max_batch_size,
+                                 args.caption_schedulers)
     if table.count("\n") > 1:
         print("\n" + table)
     for size in args.sizes:

@@ -11,6 +11,9 @@ the server's also includes HTTP, JSON and base64. The server runs with its image
 off (bench/serve.py): the load cycles 64 images, and cache hits would skip vision passes that
 the ceiling and the baseline pay (BLIP-base's ViT at 384 px is ~2/3 of a caption's time, so
 with the cache on the server rows read above the ceiling). The cache level measures the cache.
+
+With --caption-schedulers batch continuous, one server per caption scheduler runs at each
+concurrency, in turns, and the table gets a ratio row (continuous / batch) per concurrency.
 """
 
 from __future__ import annotations
@@ -85,38 +88,50 @@ async def load(url: str, images: list[bytes], names: list[str], concurrency: int
 
 def server_levels(start_server, bb_dir: Path, names: list[str], images: list[bytes], args,
                   generate: bool) -> dict:
-    """{"server": {concurrency: result}, "generate": result (when `generate`)}: the server at
-    each `args.concurrency`, requests cycling `names`; with `generate`, transformers'
-    one-at-a-time baseline in segments before, between and after them."""
+    """{"server": {concurrency: result}, "schedulers": {name: {concurrency: result}}, "generate":
+    result (when `generate`)}: a server per `args.caption_schedulers` (one: the server's default
+    when that is ["batch"]) at each `args.concurrency`, requests cycling `names`, the schedulers
+    taking turns at each concurrency (first one first, then reversed, ...) so drift in the load
+    of shared cores falls on both; "server" is the first scheduler's. With `generate`,
+    transformers' one-at-a-time baseline in segments before, between and after them."""
+    schedulers = list(getattr(args, "caption_schedulers", None) or ["batch"])
     base = None
     if generate:
         base = Baseline(bb_dir, images, args.max_new_tokens)
         base.segment(2, 30)  # warm-up, then reset
         base.reset()
     seg = max(8, args.baseline_requests // (len(args.concurrency) + 1))
-    proc, url = start_server()
-    out: dict = {"server": {}}
+    servers: dict[str, tuple] = {}
+    out: dict = {"server": {}, "schedulers": {name: {} for name in schedulers}}
     try:
+        for name in schedulers:
+            servers[name] = start_server(scheduler=None if schedulers == ["batch"] else name)
+        url = servers[schedulers[0]][1]
         if base is not None:
             with Client(url) as c:  # same weights: the server's frozen caption is transformers' caption
                 same = c.caption(images[0], adapter="none", max_new_tokens=args.max_new_tokens)["caption"]
             with torch.inference_mode():
                 print(f"  server 'none' caption == transformers caption (image 0): {same == base.caption(0).strip()}")
-        asyncio.run(load(url, images, names, 4, 8, 30, args.max_new_tokens))  # warm-up
-        for conc in args.concurrency:
+        for name in schedulers:
+            asyncio.run(load(servers[name][1], images, names, 4, 8, 30, args.max_new_tokens))  # warm-up
+        for k, conc in enumerate(args.concurrency):
             if base is not None:
                 base.segment(seg, args.time_budget / 2)
             n = max(32, args.requests * conc // 32)
-            r = asyncio.run(load(url, images, names, conc, n, args.time_budget, args.max_new_tokens))
-            out["server"][conc] = r
-            report_errors(f"server c={conc}", r)
-            print(f"  server c={conc:<3} {r['n']:4d} req  {r['rps']:7.1f} req/s  p50 {r['p50'] * 1000:7.0f} ms  "
-                  f"p99 {r['p99'] * 1000:7.0f} ms", flush=True)
+            for name in schedulers if k % 2 == 0 else schedulers[::-1]:
+                r = asyncio.run(load(servers[name][1], images, names, conc, n, args.time_budget, args.max_new_tokens))
+                out["schedulers"][name][conc] = r
+                tag = f"server c={conc:<3}" + (f" {name:<10}" if len(schedulers) > 1 else "")
+                report_errors(tag, r)
+                print(f"  {tag} {r['n']:4d} req  {r['rps']:7.1f} req/s  p50 {r['p50'] * 1000:7.0f} ms  "
+                      f"p99 {r['p99'] * 1000:7.0f} ms", flush=True)
+            out["server"][conc] = out["schedulers"][schedulers[0]][conc]
         if base is not None:
             base.segment(seg, args.time_budget / 2)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
     if base is not None:
         print(f"  generate segments (req/s): {', '.join(f'{x:.1f}' for x in base.segments)}", flush=True)
         out["generate"] = base.summary()

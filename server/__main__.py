@@ -49,6 +49,9 @@ def parse(argv: list[str]) -> dict:
     p.add_argument("--device", help=f"cpu, cuda or cuda:N {default('device')}")
     p.add_argument("--max-batch-size", type=int, help=f"rows per batched model call {default('max_batch_size')}")
     p.add_argument("--max-wait-ms", type=float, help=f"how long a batch waits to fill {default('max_wait_ms')}")
+    p.add_argument("--caption-scheduler", choices=["batch", "continuous"],
+                   help="greedy captions: batch = a batch decodes to its end together; continuous = requests "
+                        f"join and leave a running decode per token (beams and VQA: batch) {default('caption_scheduler')}")
     p.add_argument("--queue-size", type=int, help=f"waiting requests per task before 503 {default('queue_size')}")
     p.add_argument("--log-level", help=f"uvicorn and server log level {default('log_level')}")
     p.add_argument("--image-cache-mb", type=float,

@@ -17,7 +17,9 @@ and `adapters.backbone.from_image_tokens` runs the rest under the per-row routin
 fan-out request (one image, many adapters) is one item per adapter, submitted together.
 
 Batch keys: only requests with the same key share a call.
-    caption       (num_beams, max_new_tokens)
+    caption       (num_beams, max_new_tokens); with caption_scheduler "continuous", greedy
+                  captions (num_beams 1) of any max_new_tokens instead join a running decode
+                  token by token (server/continuous.py)
     vqa generate  ("generate", num_beams, max_new_tokens): questions of ANY token length;
                   the batch pads them to its longest and the decoder never attends the
                   padding, so each answer equals the one its question gets alone
@@ -93,6 +95,11 @@ class Engine:
                                           timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s,
                                           metrics=self.metrics)
             self.batchers[name].start()
+        if s.caption_scheduler == "continuous":  # greedy image captions join a running decode per token
+            from server.continuous import TASK, ContinuousCaptions
+
+            self.batchers[TASK] = ContinuousCaptions(self, self.executor, s, self.metrics)
+            self.batchers[TASK].start()
 
     async def stop(self) -> None:
         for batcher in self.batchers.values():
@@ -135,6 +142,8 @@ class Engine:
     async def caption(self, pixels, adapter, *, max_new_tokens=None, num_beams=None, keys=None) -> str:
         d = predict.decoding("caption", num_beams, max_new_tokens)
         rows = Rows(adapter, pixels=pixels, options=d, keys=keys)
+        if self.settings.caption_scheduler == "continuous" and d.num_beams == 1 and pixels.dim() == 4:
+            return await self.batchers["caption-continuous"].submit(rows, adapter=adapter or FROZEN)
         return await self._submit("caption", rows, (d.num_beams, d.max_new_tokens))
 
     async def vqa(self, pixels, ids, adapter, *, max_new_tokens=None, num_beams=None, keys=None) -> str:

@@ -8,6 +8,7 @@
     unitrans_rejected_total{task, reason}           503s (queue full) and timeouts
     unitrans_adapter_requests_total{task, adapter}  rows served per adapter
     unitrans_batch_splits_total                     batches run adapter by adapter (table too small)
+    unitrans_caption_joins_running_total            greedy captions that joined a running decode (continuous)
     unitrans_image_cache_hits_total                 image tokens served from the image-feature cache
     unitrans_image_cache_misses_total               image tokens the ViT had to compute
     unitrans_image_cache_bytes / _entries           what the cache holds now
@@ -39,6 +40,8 @@ class Metrics:
         self.adapter_rows = Counter("unitrans_adapter_requests", "rows served per adapter", ["task", "adapter"],
                                     registry=r)
 
+        self.joined_running = Counter("unitrans_caption_joins_running", "greedy captions that joined a decode "
+                                      "already running (caption_scheduler continuous)", registry=r)
         self.splits = Counter("unitrans_batch_splits", "batches run adapter by adapter: more distinct adapters "
                               "than free table slots", registry=r)
 

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # -- batching ---------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1)
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
+    # "batch": a caption batch decodes to its end together; "continuous": greedy captions join and
+    # leave a running decode at token boundaries (server/continuous.py). Beams and VQA: always batch.
+    caption_scheduler: Literal["batch", "continuous"] = "batch"
+    caption_join_steps: int = Field(4, ge=1, description="continuous: while a decode runs, waiting captions join "
+                                    "once they fill its free rows or every this many steps (a join re-folds the "
+                                    "batch's per-row adapter matrices, ~half a step)")
     queue_size: int = Field(256, ge=1, description="waiting requests per task before 503")
     request_timeout_s: float = Field(60.0, gt=0)
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")

@@ -58,6 +58,24 @@ def test_two_sizes_one_table_with_every_row(capsys):
     assert out.count("load average") >= 3  # the run's start, and each size's start and end
 
 
+def test_caption_schedulers_side_by_side(capsys):
+    results = serve.main(["--sizes", "small", "--levels", "caption", "--concurrency", "1", "4", "--requests", "8",
+                          "--baseline-requests", "4", "--time-budget", "20", "--max-new-tokens", "3",
+                          "--max-batch-size", "4", "--caption-schedulers", "batch", "continuous"],
+                         backbones={"small": tiny(32)})
+    small = results["small"]
+    assert small["server"] == small["schedulers"]["batch"] and set(small["schedulers"]["continuous"]) == {1, 4}
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    expected = serve_table.rows(["caption"], [1, 4], 4, 4, ["batch", "continuous"])
+    assert [(row[0], row[1]) for row in body] == [(label, clients) for label, clients, _ in expected]
+    for row in body:
+        if row[0].startswith("continuous / batch"):
+            assert all(NUMBER.match(x) and x.endswith("x") for x in row[2:5]), row
+        elif "scheduler, mixed" in row[0]:
+            assert row[7] == "0" and int(row[6]) > 0, row  # none failed
+
+
 def test_a_per_size_knob_takes_one_value_or_one_per_size():
     with pytest.raises(SystemExit):
         serve.main(["--sizes", "small", "base", "--requests", "1", "2", "3"], backbones={})

@@ -129,6 +129,13 @@ class AdapterTable:
         self._free.sort(reverse=True)
         self.generation += 1
 
+    def touch(self, names) -> None:
+        """Mark the loaded ones of `names` used now (LRU) without routing them: a decode that
+        spans several calls keeps its adapters ahead of the next eviction. No generation bump."""
+        for n in names:
+            if n in self._slots:
+                self._slots.move_to_end(n)
+
     def pin(self, name: str, pinned: bool = True) -> None:
         self._slot(name).pinned = bool(pinned)
 
