@@ -183,7 +183,8 @@ def run_size(bb_dir: Path, work: Path, args) -> dict:
     if "fanout" in args.levels:
         fan_dir = work / "fan-adapters"
         fan_names = serve_ceiling.fanout_adapters(bb_dir, fan_dir)
-        proc, url = server(fan_dir)
+        with serve_ceiling.env("UNITRANS_IMAGE_CACHE_MB", "0"):  # what fan-out shares, not what the cache does
+            proc, url = server(fan_dir)
         try:
             out["fanout"] = serve_ceiling.fanout_rows(url, fan_names, images, args, max(args.concurrency))
         finally:

@@ -10,7 +10,9 @@ Rows, each with p50/p99 latency:
   what the server could reach if HTTP, JSON, decoding and batching cost nothing.
 - fan-out: one image, 4 caption adapters as ONE request (`adapters=[...]`) vs the same 4
   as 4 concurrent requests; once with adapters leaving the ViT frozen (one shared vision
-  pass) and once with adapters on the ViT (own vision rows, one batched call).
+  pass) and once with adapters on the ViT (own vision rows, one batched call). The server runs
+  with its image-feature cache off: with it on, the 4 separate requests share one vision pass
+  through the cache as well (the load repeats images), and the row measures the cache.
 - cache: 5 questions about one image, asked one after another, with the image-feature
   cache on vs off (`UNITRANS_IMAGE_CACHE_MB=0`).
 Latencies are per request (per fan-out unit / per 5-question unit where so named).

@@ -31,8 +31,9 @@ def _run(out, *extra):
 def backbone_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "blip-tiny"
     record = _run(out, "--steps", "4", "--probe-pairs", "8")
-    assert {"itc", "itm", "lm", "lm_canonical", "itm_acc", "by_attribute", "position_r2"} <= set(record["probe"])
+    assert {"itc", "itm", "lm", "lm_canonical", "itm_acc", "by_attribute", "position_r2", "where_prefix"} <= set(record["probe"])
     assert record["probe"]["position_r2"] <= 1
+    assert 0 <= record["probe"]["where_prefix"] <= 100
     assert record["last"]["step"] == 4 and record["train_seconds"] > 0
     return out
 

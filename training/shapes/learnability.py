@@ -48,17 +48,38 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
     if extra:
         add_sincos_positions(bb, extra)
     head = torch.nn.Linear(bb.config.text_config.hidden_size, len(labels))
-    params = [*bb.text_encoder.parameters(), *head.parameters(), *([] if args.freeze_vit else bb.vision_model.parameters())]
+    answer = [bb.processor.tokenizer([a], return_tensors="pt") for a in labels]  # [CLS] word(s) [SEP] each
+    if args.redraw_answers:  # the decoder's (tied) rows of the answer words drawn afresh: do alike rows block it?
+        rows = bb.text_decoder.cls.predictions.decoder.weight
+        gen = torch.Generator().manual_seed(args.seed)
+        with torch.no_grad():
+            for a in answer:
+                for t in a.input_ids[0, 1:-1]:
+                    rows[t] = torch.randn(rows.shape[1], generator=gen) * float(rows.norm(dim=1).mean()) / rows.shape[1] ** 0.5
+    if args.head == "decoder":  # BLIP's VQA path: the decoder reads the fused question, no new parameters
+        params = [*bb.text_encoder.parameters(), *bb.text_decoder.parameters()]
+    else:
+        params = [*bb.text_encoder.parameters(), *head.parameters()]
+    params += [] if args.freeze_vit else list(bb.vision_model.parameters())
     for p in bb.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, args.lr)
 
-    def logits(batch: list[dict]) -> torch.Tensor:  # (B, classes) from the fused [CLS]
+    def logits(batch: list[dict]) -> torch.Tensor:  # (B, classes): [CLS] head, or log p(answer | question, image)
         px = tasks.pixels(bb, [images[q["image"]] for q in batch])
         ids, mask = tasks.tokens(bb, [q["question"] for q in batch])
-        return head(tasks.fuse(bb, ids, mask, tasks.encode_image(bb, px))[:, 0])
+        states = tasks.fuse(bb, ids, mask, tasks.encode_image(bb, px))  # (B, Lq, H)
+        if args.head == "cls":
+            return head(states[:, 0])
+        scores = []
+        for tok in answer:
+            dec = tok.input_ids.repeat(len(batch), 1)
+            dec[:, 0] = bb.config.text_config.bos_token_id
+            out = bb.text_decoder(input_ids=dec, encoder_hidden_states=states, encoder_attention_mask=mask).logits
+            scores.append(out[:, :-1].float().log_softmax(-1).gather(-1, dec[:, 1:, None]).squeeze(-1).sum(-1))
+        return torch.stack(scores, 1)
 
     def accuracy() -> float:
         bb.eval()
@@ -72,13 +93,17 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
     bb.train()
     for step in range(1, args.steps + 1):
         batch = rng.sample(train, args.batch_size)
-        loss = torch.nn.functional.cross_entropy(logits(batch), _labels(batch, labels))
+        scores, truth = logits(batch), _labels(batch, labels)
+        if args.head == "cls":
+            loss = torch.nn.functional.cross_entropy(scores, truth)
+        else:  # BLIP's VQA loss: -log p(answer tokens) over the whole vocabulary
+            loss = -scores.gather(1, truth[:, None]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % args.eval_every == 0:
             curve.append((step, accuracy()))
-            print(f"{args.question_type}  extra sin-cos {extra:g}  step {step:5d}  loss {loss.item():.3f}  held-out acc {curve[-1][1]:.1f}%",
+            print(f"{args.question_type}  {args.head}  extra sin-cos {extra:g}  step {step:5d}  loss {loss.item():.3f}  held-out acc {curve[-1][1]:.1f}%",
                   flush=True)
     return curve
 
@@ -97,6 +122,11 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--backbone", required=True, help="backbone directory")
     p.add_argument("--checkpoint", default=None, help="a pretraining run's checkpoint (probe --checkpoint's meaning)")
     p.add_argument("--freeze-vit", action="store_true", help="train the fusion encoder and head only")
+    p.add_argument("--redraw-answers", action="store_true",
+                   help="with --head decoder: draw the decoder's embedding rows of the answer words afresh first")
+    p.add_argument("--head", default="cls", choices=["cls", "decoder"],
+                   help="cls: a linear head on the fused [CLS]; decoder: BLIP's answer decoder reading the fused "
+                        "question (trained with it, BLIP's VQA loss; scored by ranking the answers)")
     p.add_argument("--world", required=True, help="world directory with vqa_train.json (training.shapes.world)")
     p.add_argument("--question-type", default="where", help="which questions (the world's question_type: where, "
                    "relation, count, colour, shape, exists)")

@@ -13,6 +13,11 @@ that grounds the attribute scores its own caption above the sibling's. Per part:
 - lm_canonical: the same with the downstream canonical captions ("two red circles left
   of one blue square"), a format never pretrained: what an adapter can re-route.
 Each as % of pairs, overall and by the attribute that differs. Chance is 50%.
+- where_prefix (not a pair score): on the two-group scenes, a group's noun phrase ("two red
+  circles") fused with the image, and the decoder reading those states scores "on the left",
+  "on the right", "at the top", "at the bottom": % where the group's own side wins (chance 25,
+  the layout axis alone 50). It is BLIP's VQA path (question fused -> decoder) asked "where"
+  with no training, what pretrain --spatial-cuts teaches.
 
 `probe_clips` does the same on sibling clips (training.shapes.clip_world.AltTextClips), by
 the event that differs (move siblings are the same clip played backwards: order-blind
@@ -34,7 +39,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from adapters import tasks
 from adapters.backbone import Backbone
-from training.shapes.language import PROMPT, canonical_captions, holds, vocabulary_texts
+from training.shapes.language import COUNT_WORDS, PROMPT, SIDE_WORDS, canonical_captions, holds, vocabulary_texts
+from training.losses import lm_labels
 from training.shapes.world import AltTextPairs, difference  # the stream pretraining reads
 from training.vocab_growth import grow_vocabulary
 
@@ -104,6 +110,7 @@ def probe(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int = 300,
                                          canonical=lambda scene: canonical_captions(scene)[0], to_pixels=tasks.pixels)
     result = _summary(rows, kinds, split, "by_attribute")
     result["position_r2"] = position_r2(bb, [x[1] for pair in drawn[:64] for x in pair])
+    result["where_prefix"] = where_prefix(bb, [x[:2] for pair in drawn for x in pair])
     if sheet:
         kept = [x for a, b in drawn if not holds(b[3], a[0]) and not holds(a[3], b[0]) for x in (a, b)][:16]
         images, refs = [x[1] for x in kept], [x[2] for x in kept]
@@ -112,6 +119,33 @@ def probe(bb: Backbone, world_seed: int, split: str = "val", n_pairs: int = 300,
         result["examples"] = [{"alt_text": r, "greedy": h} for r, h in zip(refs[:4], hyps[:4])]
         contact_sheet(images, list(hyps), refs, Path(sheet))
     return result
+
+
+@torch.inference_mode()
+def where_prefix(bb: Backbone, scenes: list, batch: int = 64) -> float:
+    """% of (two-group scene, group) where the decoder, cross-attending the fused noun phrase,
+    scores the group's own side phrase above the other three (module docstring). `scenes`:
+    (scene, image) pairs."""
+    sides = list(SIDE_WORDS)  # left, right, top, bottom
+    items = [(g.region, f"{COUNT_WORDS[g.count]} {g.colour} {g.shape}{'s' if g.count > 1 else ''}", image)
+             for scene, image in scenes if len(scene.groups) == 2 for g in scene.groups]
+    right = 0
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        embeds = tasks.encode_image(bb, tasks.pixels(bb, [im for _, _, im in chunk]))
+        ids, mask = tasks.tokens(bb, [phrase for _, phrase, _ in chunk])
+        states = tasks.fuse(bb, ids, mask, embeds)  # (B, Lp, H)
+        scores = []
+        for side in sides:
+            tok = bb.processor.tokenizer([SIDE_WORDS[side]] * len(chunk), return_tensors="pt")
+            dec, labels = lm_labels(tok.input_ids, tok.attention_mask, bb.config.text_config.bos_token_id)
+            logits = bb.text_decoder(input_ids=dec, attention_mask=tok.attention_mask, encoder_hidden_states=states,
+                                     encoder_attention_mask=mask).logits
+            logp = logits[:, :-1].float().log_softmax(-1).gather(-1, dec[:, 1:, None]).squeeze(-1)
+            scores.append((logp * (labels[:, 1:] != -100)).sum(-1))  # (B,)
+        best = torch.stack(scores, 1).argmax(1)
+        right += sum(sides[int(b)] == region for b, (region, _, _) in zip(best, chunk))
+    return round(100.0 * right / max(1, len(items)), 1)
 
 
 @torch.inference_mode()
