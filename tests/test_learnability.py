@@ -34,3 +34,13 @@ def test_relation_questions_get_their_own_answer_classes(tmp_path):
     out = learnability.main(argv)
     assert out["labels"] == ["no", "yes"]
     assert [s for s, _ in out["curves"]["0"]] == [2]
+
+
+def test_the_decoder_head_variants_score_held_out_questions(tmp_path):
+    world = tiny_shapes_world(tmp_path / "world", seed=0, n=60)
+    base = ["--backbone", str(world / "bb"), "--world", str(world), "--extra-sincos", "0", "--freeze-vit",
+            "--steps", "2", "--eval-every", "2", "--batch-size", "4", "--test", "8", "--train", "16", "--threads", "1"]
+    for extra in ([], ["--decoder-reads", "cls"], ["--redraw-answers"]):
+        out = learnability.main(base + ["--head", "decoder"] + extra)
+        assert out["labels"] == ["bottom", "left", "right", "top"]
+        assert all(acc in {100.0 * k / 8 for k in range(9)} for _, acc in out["curves"]["0"])

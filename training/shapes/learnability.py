@@ -73,11 +73,12 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
         states = tasks.fuse(bb, ids, mask, tasks.encode_image(bb, px))  # (B, Lq, H)
         if args.head == "cls":
             return head(states[:, 0])
+        reads = mask if args.decoder_reads == "all" else torch.zeros_like(mask).index_fill_(1, torch.tensor([0]), 1)
         scores = []
         for tok in answer:
             dec = tok.input_ids.repeat(len(batch), 1)
             dec[:, 0] = bb.config.text_config.bos_token_id
-            out = bb.text_decoder(input_ids=dec, encoder_hidden_states=states, encoder_attention_mask=mask).logits
+            out = bb.text_decoder(input_ids=dec, encoder_hidden_states=states, encoder_attention_mask=reads).logits
             scores.append(out[:, :-1].float().log_softmax(-1).gather(-1, dec[:, 1:, None]).squeeze(-1).sum(-1))
         return torch.stack(scores, 1)
 
@@ -122,6 +123,9 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--backbone", required=True, help="backbone directory")
     p.add_argument("--checkpoint", default=None, help="a pretraining run's checkpoint (probe --checkpoint's meaning)")
     p.add_argument("--freeze-vit", action="store_true", help="train the fusion encoder and head only")
+    p.add_argument("--decoder-reads", default="all", choices=["all", "cls"],
+                   help="with --head decoder: the decoder cross-attends every question state (BLIP), or only the "
+                        "fused [CLS] (what the linear head reads)")
     p.add_argument("--redraw-answers", action="store_true",
                    help="with --head decoder: draw the decoder's embedding rows of the answer words afresh first")
     p.add_argument("--head", default="cls", choices=["cls", "decoder"],
