@@ -158,9 +158,15 @@ class Batcher:
         self.metrics.batch_seconds.labels(self.task).observe(time.perf_counter() - started)
         for item, result in zip(batch, results, strict=True):
             self.metrics.adapter_rows.labels(self.task, item.adapter).inc(item.rows)
-            if item.future.done():
-                continue
-            if isinstance(result, BaseException):
-                item.future.set_exception(result)
-            else:
-                item.future.set_result(result)
+            settle(item, result)
+
+
+def settle(item: Item, result) -> None:
+    """Hand a computed result (or the exception that replaced it) to the request waiting on
+    `item`, unless it already left (timed out, disconnected)."""
+    if item.future.done():
+        return
+    if isinstance(result, BaseException):
+        item.future.set_exception(result)
+    else:
+        item.future.set_result(result)

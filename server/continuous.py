@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adapters.backbone import greedy_steps as gs
-from server.batcher import Batcher, Item
+from server.batcher import Batcher, Item, settle
 from server.errors import Overloaded
 
 log = logging.getLogger("unitrans.continuous")
@@ -110,12 +110,7 @@ class ContinuousCaptions(Batcher):
                 self.metrics.batch_seconds.labels(self.task).observe(time.perf_counter() - started)
             for item, result in done:
                 self.metrics.adapter_rows.labels(self.task, item.adapter).inc()
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+                settle(item, result)
 
     def _joinable(self, room: int) -> bool:
         """Join a running decode when the waiting requests fill its free rows or `join_steps`
