@@ -39,8 +39,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from adapters import tasks
 from adapters.backbone import Backbone
-from training.shapes.language import COUNT_WORDS, PROMPT, SIDE_WORDS, canonical_captions, holds, vocabulary_texts
 from training.losses import lm_labels
+from training.shapes.language import COUNT_WORDS, PROMPT, SIDE_WORDS, canonical_captions, holds, vocabulary_texts
 from training.shapes.world import AltTextPairs, difference  # the stream pretraining reads
 from training.vocab_growth import grow_vocabulary
 
