@@ -48,13 +48,12 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
     if extra:
         add_sincos_positions(bb, extra)
     head = torch.nn.Linear(bb.config.text_config.hidden_size, len(labels))
-    answer = [bb.processor.tokenizer([a], return_tensors="pt") for a in labels]  # [CLS] word(s) [SEP] each
     if args.redraw_answers:  # the decoder's (tied) rows of the answer words drawn afresh: do alike rows block it?
         rows = bb.text_decoder.cls.predictions.decoder.weight
         gen = torch.Generator().manual_seed(args.seed)
         with torch.no_grad():
-            for a in answer:
-                for t in a.input_ids[0, 1:-1]:
+            for a in labels:
+                for t in bb.processor.tokenizer(a).input_ids[1:-1]:  # [CLS] word(s) [SEP]
                     rows[t] = torch.randn(rows.shape[1], generator=gen) * float(rows.norm(dim=1).mean()) / rows.shape[1] ** 0.5
     if args.head == "decoder":  # BLIP's VQA path: the decoder reads the fused question, no new parameters
         params = [*bb.text_encoder.parameters(), *bb.text_decoder.parameters()]
@@ -74,13 +73,7 @@ def run(args, extra: float, train: list[dict], test: list[dict], images: dict) -
         if args.head == "cls":
             return head(states[:, 0])
         reads = mask if args.decoder_reads == "all" else torch.zeros_like(mask).index_fill_(1, torch.tensor([0]), 1)
-        scores = []
-        for tok in answer:
-            dec = tok.input_ids.repeat(len(batch), 1)
-            dec[:, 0] = bb.config.text_config.bos_token_id
-            out = bb.text_decoder(input_ids=dec, encoder_hidden_states=states, encoder_attention_mask=reads).logits
-            scores.append(out[:, :-1].float().log_softmax(-1).gather(-1, dec[:, 1:, None]).squeeze(-1).sum(-1))
-        return torch.stack(scores, 1)
+        return torch.stack([tasks.answer_log_likelihood(bb, states, [a] * len(batch), reads) for a in labels], 1)
 
     def accuracy() -> float:
         bb.eval()

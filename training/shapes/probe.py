@@ -39,7 +39,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from adapters import tasks
 from adapters.backbone import Backbone
-from training.losses import lm_labels
 from training.shapes.language import COUNT_WORDS, PROMPT, SIDE_WORDS, canonical_captions, holds, vocabulary_texts
 from training.shapes.world import AltTextPairs, difference  # the stream pretraining reads
 from training.vocab_growth import grow_vocabulary
@@ -135,15 +134,8 @@ def where_prefix(bb: Backbone, scenes: list, batch: int = 64) -> float:
         embeds = tasks.encode_image(bb, tasks.pixels(bb, [im for _, _, im in chunk]))
         ids, mask = tasks.tokens(bb, [phrase for _, phrase, _ in chunk])
         states = tasks.fuse(bb, ids, mask, embeds)  # (B, Lp, H)
-        scores = []
-        for side in sides:
-            tok = bb.processor.tokenizer([SIDE_WORDS[side]] * len(chunk), return_tensors="pt")
-            dec, labels = lm_labels(tok.input_ids, tok.attention_mask, bb.config.text_config.bos_token_id)
-            logits = bb.text_decoder(input_ids=dec, attention_mask=tok.attention_mask, encoder_hidden_states=states,
-                                     encoder_attention_mask=mask).logits
-            logp = logits[:, :-1].float().log_softmax(-1).gather(-1, dec[:, 1:, None]).squeeze(-1)
-            scores.append((logp * (labels[:, 1:] != -100)).sum(-1))  # (B,)
-        best = torch.stack(scores, 1).argmax(1)
+        scores = [tasks.answer_log_likelihood(bb, states, [SIDE_WORDS[side]] * len(chunk), mask) for side in sides]
+        best = torch.stack(scores, 1).argmax(1)  # (B,)
         right += sum(sides[int(b)] == region for b, (region, _, _) in zip(best, chunk))
     return round(100.0 * right / max(1, len(items)), 1)
 

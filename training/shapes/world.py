@@ -179,7 +179,8 @@ class SiblingStream(Dataset):
             pixels = self.draw(x, int(rng.integers(2**31)))
             cut = int(rng.integers(len(text.split())))  # in [0, words)
             if self.spatial_cuts and rng.random() < self.spatial_cuts:
-                cut = spatial_cut(text) if spatial_cut(text) is not None else cut
+                at = spatial_cut(text)
+                cut = cut if at is None else at
             rows.append((x, pixels, text, desc, cut))
         return rows
 
